@@ -1,0 +1,3 @@
+from dropzone.cli import main
+
+raise SystemExit(main())
