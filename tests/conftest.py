@@ -1,0 +1,69 @@
+"""Shared fixtures: a real simulator on 127.0.0.1, a clean environment, deadline waits."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import structlog
+
+from dropzone.simulator import SimConfig, Simulator
+
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "s3cr3t-never-logged"
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy may capture loopback traffic."""
+    for name in list(os.environ):
+        if name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leaks() -> Iterator[None]:
+    """Every thread a test starts must be gone when it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra:
+            return
+        extra[0].join(deadline - time.monotonic())
+    extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not extra, f"threads left running: {extra}"
+
+
+@pytest.fixture
+def sim_config() -> SimConfig:
+    """Instant jobs, the default limits; tests override fields with dataclasses.replace."""
+    return SimConfig(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, instant=True)
+
+
+@pytest.fixture
+def simulator(sim_config: SimConfig) -> Iterator[Simulator]:
+    with Simulator(sim_config) as sim:
+        yield sim
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll ``predicate`` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
