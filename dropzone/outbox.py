@@ -1,0 +1,183 @@
+"""What the partner gets back: the status, failures and warnings files.
+
+Owns the content of those files (built from journal rows and Marketo's
+failure/warning files) and how they reach the outbox: a hidden temporary
+name in the same folder, fsync, rename, fsync of the folder, so a partner
+never reads half a file.
+
+Re-drops: results go to ``NAME.status.json`` (and ``NAME.failures.EXT``,
+``NAME.warnings.EXT``). If any of those names is still in the outbox (the
+partner has not collected the previous results), the new results are written
+as ``NAME.<received UTC stamp>.status.json`` and so on, so nothing uncollected
+is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+SOURCE_LINE_COLUMN = "Source Line"
+DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so that readers see the old file, or the whole new one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def result_names(relpath: str, ext: str) -> tuple[str, str, str]:
+    return f"{relpath}.status.json", f"{relpath}.failures.{ext}", f"{relpath}.warnings.{ext}"
+
+
+def choose_stem(outbox: Path, relpath: str, ext: str, stamp: str) -> str:
+    """``relpath``, or ``relpath.<stamp>`` when earlier results under that name are still uncollected."""
+    if any((outbox / name).exists() for name in result_names(relpath, ext)):
+        stem = f"{relpath}.{stamp}"
+        n = 1
+        while any((outbox / name).exists() for name in result_names(stem, ext)):
+            n += 1
+            stem = f"{relpath}.{stamp}-{n}"
+        return stem
+    return relpath
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRows:
+    """Marketo's failure (or warning) file for one chunk, and where that chunk came from."""
+
+    chunk_path: Path
+    first_line: int
+    body: bytes
+
+
+def merge_rows(pieces: Sequence[ChunkRows], *, fmt: str) -> tuple[bytes | None, int]:
+    """One file from the chunks' failure (or warning) files: one header, rows in order, each with its source line.
+
+    Marketo echoes the submitted header plus its reason column, and the
+    submitted values of each affected row, with no row number. The source
+    line is found by matching the row's values against the chunk as sent;
+    a row that matches nothing (Marketo is known to drop columns in some
+    failure rows) gets an empty source line rather than a guess.
+
+    Returns the bytes (None when there are no rows) and the row count.
+    """
+    delimiter = DELIMITERS[fmt]
+    header: list[str] | None = None
+    out_rows: list[list[str]] = []
+    for piece in pieces:
+        text = piece.body.decode("utf-8", errors="replace")
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+        if not rows:
+            continue
+        if header is None:
+            header = rows[0]
+        data = [r for r in rows[1:] if r]
+        lines = _source_lines(piece.chunk_path, piece.first_line, delimiter, [tuple(r[:-1]) for r in data])
+        out_rows.extend([*row, str(line) if line else ""] for row, line in zip(data, lines, strict=True))
+    if header is None or not out_rows:
+        return None, 0
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\r\n" if fmt == "csv" else "\n")
+    writer.writerow([*header, SOURCE_LINE_COLUMN])
+    writer.writerows(out_rows)
+    return buffer.getvalue().encode("utf-8"), len(out_rows)
+
+
+def _source_lines(chunk_path: Path, first_line: int, delimiter: str, wanted: list[tuple[str, ...]]) -> list[int | None]:
+    """Source line of each wanted row, streaming the chunk so memory stays bounded by ``wanted``."""
+    positions: dict[tuple[str, ...], list[int]] = {key: [] for key in wanted}
+    try:
+        with open(chunk_path, encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            next(reader, None)  # header
+            consumed = reader.line_num
+            for row in reader:
+                start = first_line + (consumed - 1)
+                consumed = reader.line_num
+                key = tuple(row)
+                if key in positions:
+                    positions[key].append(start)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return [None] * len(wanted)
+    taken: dict[tuple[str, ...], int] = {}
+    result: list[int | None] = []
+    for key in wanted:
+        i = taken.get(key, 0)
+        found = positions.get(key, [])
+        result.append(found[i] if i < len(found) else None)
+        taken[key] = i + 1
+    return result
+
+
+def build_status(
+    *,
+    file: str,
+    received_at: str,
+    finished_at: str,
+    route: dict[str, Any] | None,
+    status: str,
+    rows_total: int,
+    batches: Iterable[dict[str, Any]],
+    error: str | None = None,
+    error_line: int | None = None,
+    notes: Sequence[str] = (),
+    failures_file: str | None = None,
+    warnings_file: str | None = None,
+    version: str = "",
+) -> dict[str, Any]:
+    """The status document, as written to ``NAME.status.json``."""
+    batches = list(batches)
+    doc: dict[str, Any] = {
+        "schemaVersion": SCHEMA_VERSION,
+        "file": file,
+        "status": status,
+        "receivedAt": received_at,
+        "finishedAt": finished_at,
+        "route": route,
+        "rowsTotal": rows_total,
+        "rowsProcessed": sum(b.get("rowsProcessed", 0) for b in batches),
+        "rowsFailed": sum(b.get("rowsFailed", 0) for b in batches),
+        "rowsWithWarning": sum(b.get("rowsWithWarning", 0) for b in batches),
+        "batches": batches,
+    }
+    if error:
+        doc["error"] = {"message": error, "line": error_line} if error_line else {"message": error}
+    if notes:
+        doc["notes"] = list(notes)
+    if failures_file:
+        doc["failuresFile"] = failures_file
+    if warnings_file:
+        doc["warningsFile"] = warnings_file
+    if version:
+        doc["dropzoneVersion"] = version
+    return doc

@@ -1,0 +1,217 @@
+"""Noticing files: watchdog hints, reconcile scans, and the filesystem facts readiness needs.
+
+Owns the watchdog observers (one per inbox, supervised and restarted when a
+thread dies), the recursive scan that is the source of truth (events are only
+hints: inotify overflows are dropped silently by watchdog), the choice of
+scan-only polling on network filesystems, and the /proc check for files still
+open for writing. Decides nothing about readiness: that is ``readiness``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = structlog.get_logger("dropzone.watching")
+
+#: Filesystems where inotify sees nothing written by other hosts (or sees it late).
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "davfs")
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
+    """The type of the filesystem holding ``path``, from /proc/self/mountinfo ('' if unknown)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ""
+    target = os.path.realpath(path)
+    best, best_type = "", ""
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        fs_type = right.split()[0] if right.split() else ""
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fs_type
+    return best_type
+
+
+def use_polling(mode: str, path: Path) -> bool:
+    """True for scan-only watching: configured, or a network/FUSE filesystem under ``auto``."""
+    if mode == "polling":
+        return True
+    if mode == "native":
+        return False
+    fs_type = filesystem_type(path)
+    return fs_type in NETWORK_FS or fs_type.startswith("fuse")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One thing found in an inbox by a scan."""
+
+    relpath: str
+    size: int
+    mtime_ns: int
+    inode: int
+    regular: bool  # False: a symlink, FIFO, socket or device, which is never imported
+
+
+def scan(inbox: Path) -> Iterator[Entry]:
+    """Everything below ``inbox``, without following symlinks and skipping hidden folders.
+
+    Hidden folders hold our own processing area and the temporary folders of
+    upload tools; hidden files are yielded (readiness ignores them) so stale
+    partial uploads can be reported.
+    """
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(inbox / rel_dir if rel_dir else inbox) as it:
+                entries = list(it)
+        except OSError as exc:
+            log.warning("scan_failed", inbox=str(inbox), folder=rel_dir, error=exc.strerror)
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # gone between listing and stat
+            if stat.S_ISDIR(st.st_mode):
+                if not entry.name.startswith("."):
+                    stack.append(rel)
+                continue
+            yield Entry(rel, st.st_size, st.st_mtime_ns, st.st_ino, stat.S_ISREG(st.st_mode))
+
+
+def is_open_for_writing(path: Path) -> bool | None:
+    """Whether any process we can see holds ``path`` open for writing; None when we cannot tell.
+
+    OpenSSH's sftp-server writes in place under the final name, so an open
+    write descriptor is the best sign an upload is still going. Processes of
+    other users are invisible without privileges: the quiet period remains the
+    fallback.
+    """
+    try:
+        target = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if st.st_ino != target.st_ino or st.st_dev != target.st_dev:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    for line in info:
+                        if line.startswith("flags:"):
+                            flags = int(line.split()[1], 8)
+                            if flags & (os.O_WRONLY | os.O_RDWR):
+                                return True
+    return False
+
+
+class _Hints(FileSystemEventHandler):
+    """Puts touched paths on the queue and does nothing else: it runs on watchdog's thread."""
+
+    def __init__(self, inbox: Path, hints: queue.Queue[tuple[Path, str]]) -> None:
+        self.inbox = inbox
+        self.hints = hints
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if not raw:
+                continue
+            path = os.fsdecode(raw)
+            with contextlib.suppress(ValueError):
+                rel = os.path.relpath(path, self.inbox)
+                if not rel.startswith(".."):
+                    self.hints.put((self.inbox, rel))
+
+
+class Watcher:
+    """A watchdog observer over one inbox, or nothing in scan-only mode.
+
+    ``ensure_alive`` is called from the main loop: a dead observer (watchdog
+    threads can die on errors nobody sees) is replaced, and the caller is told
+    to rescan because events may have been missed meanwhile.
+    """
+
+    def __init__(self, inbox: Path, hints: queue.Queue[tuple[Path, str]], *, polling: bool) -> None:
+        self.inbox = inbox
+        self.hints = hints
+        self.polling = polling
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self.restarts = 0
+
+    def start(self) -> None:
+        if self.polling:
+            return
+        observer = Observer()
+        observer.schedule(_Hints(self.inbox, self.hints), str(self.inbox), recursive=True)
+        observer.daemon = True
+        try:
+            observer.start()
+        except OSError as exc:
+            # inotify watch or instance limits: fall back to scanning rather than fail.
+            log.warning(
+                "watch_failed_polling_instead",
+                inbox=str(self.inbox),
+                error=exc.strerror or str(exc),
+                hint="raise fs.inotify.max_user_watches / max_user_instances",
+            )
+            self.polling = True
+            return
+        self._observer = observer
+
+    def is_alive(self) -> bool:
+        if self.polling:
+            return True
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        return all(emitter.is_alive() for emitter in observer.emitters)
+
+    def ensure_alive(self) -> bool:
+        """Restart a dead observer; True when it had to (the caller should rescan)."""
+        if self.is_alive():
+            return False
+        log.error("watcher_died_restarting", inbox=str(self.inbox))
+        self.stop()
+        self.restarts += 1
+        self.start()
+        return True
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            with contextlib.suppress(Exception):
+                observer.stop()
+                observer.join(timeout=5)
