@@ -8,9 +8,13 @@ here, where it becomes a message on stderr and the error's ``exit_code``.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dropzone import __version__
 from dropzone.errors import DropzoneError
@@ -31,6 +35,94 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> Any:
+    from dropzone import config as config_module
+
+    return config_module.load(args.config)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Validate the configuration, the folders and (unless --offline) the credentials."""
+    import json
+
+    from dropzone import config as config_module
+    from dropzone.marketo import ClientSettings, MarketoClient
+
+    cfg = _load(args)
+    problems = config_module.check_paths(cfg)
+    print(json.dumps(cfg.redacted(), indent=2, default=str))
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    if not args.offline:
+        m = cfg.marketo
+        client = MarketoClient(
+            ClientSettings(
+                endpoint=m.endpoint, identity=m.identity, client_id=m.client_id, client_secret=m.client_secret,
+                connect_timeout=m.connect_timeout, read_timeout=m.read_timeout, max_retry_seconds=0,
+            )
+        )
+        try:
+            client.check_credentials()
+        finally:
+            client.close()
+        print("marketo: credentials accepted by Identity")
+    print("configuration OK")
+    return 0
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: finish the current step and exit. Second: exit now."""
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dropzone import logs
+    from dropzone.daemon import Daemon
+
+    cfg = _load(args)
+    logs.configure(json=cfg.log.json, level=cfg.log.level.value)
+    logs.redactor.add(cfg.marketo.client_secret)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    daemon = Daemon(cfg, stop=stop)
+    daemon.run()
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Files in flight and recent outcomes, from the journal (read-only, works while the daemon runs)."""
+    from dropzone.jobs import FileState
+    from dropzone.store import Store
+
+    cfg = _load(args)
+    store = Store(cfg.state_dir, lock=False)
+    try:
+        in_flight = store.files([FileState.CLAIMING, FileState.CLAIMED, FileState.SPLIT, FileState.FINISHING])
+        print(f"in flight: {len(in_flight)}")
+        for row in in_flight:
+            chunks = store.chunks_of(row.id)
+            states = ", ".join(f"{c.index}:{c.state}" + (f"#{c.batch_id}" if c.batch_id else "") for c in chunks)
+            print(f"  {row.received_at}  {row.state:<9}  {row.relpath}  [{states}]")
+        recent = [r for r in store.files([FileState.DONE], limit=args.recent)]
+        print(f"recent outcomes: {len(recent)}")
+        for row in recent:
+            print(f"  {row.finished_at}  {row.outcome:<8}  {row.relpath}" + (f"  ({row.error})" if row.error else ""))
+        totals = ", ".join(f"{k}={v}" for k, v in sorted(store.counts().items()))
+        print(f"totals: {totals or 'none'}")
+    finally:
+        store.close()
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from dropzone.simulator.cli import main as simulate_main
 
@@ -44,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dropzone {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground", description="Watch the inboxes and import.")
+    run.add_argument("--config", type=Path, required=True, metavar="FILE")
+    run.set_defaults(handler=_cmd_run)
+
+    check = sub.add_parser(
+        "check",
+        help="validate a configuration, its folders and the Marketo credentials",
+        description="Exit 0 when the configuration is valid, its folders usable and Identity accepts the credentials.",
+    )
+    check.add_argument("--config", type=Path, required=True, metavar="FILE")
+    check.add_argument("--offline", action="store_true", help="do not call Marketo's Identity endpoint")
+    check.set_defaults(handler=_cmd_check)
+
+    status = sub.add_parser("status", help="files in flight and recent outcomes, from the journal")
+    status.add_argument("--config", type=Path, required=True, metavar="FILE")
+    status.add_argument("--recent", type=int, default=20, metavar="N", help="how many recent outcomes (default 20)")
+    status.set_defaults(handler=_cmd_status)
 
     split = sub.add_parser(
         "split",
@@ -69,8 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["simulate"]:
+        # The simulator owns its options; argparse.REMAINDER would not pass options through.
+        from dropzone.simulator.cli import main as simulate_main
+
+        return simulate_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -1,0 +1,28 @@
+"""A faithful fake of Marketo's bulk import API, for dropzone's tests and demos.
+
+An independent reading of the Marketo docs: nothing here imports from the
+rest of dropzone, so a misreading in the client cannot be copied into the
+fake and hide itself.
+
+    from dropzone.simulator import Simulator, SimConfig
+
+    with Simulator(SimConfig(client_id="cid", client_secret="csecret", instant=True)) as sim:
+        sim.base_url        # REST endpoint; bulk calls under /bulk/...
+        sim.identity_url    # + "/oauth/token"
+        sim.inject("606", times=2, endpoint="import")
+        sim.submissions(); sim.imported_rows(); sim.calls(); sim.wait_idle(5)
+
+``python -m dropzone.simulator`` (or ``dropzone simulate``) runs it standalone.
+"""
+
+from .config import DEFAULT_CUSTOM_OBJECTS, DEFAULT_LEAD_FIELDS, DEFAULT_PROGRAM_STATUSES, FieldSpec, SimConfig
+from .simulator import Simulator
+
+__all__ = [
+    "DEFAULT_CUSTOM_OBJECTS",
+    "DEFAULT_LEAD_FIELDS",
+    "DEFAULT_PROGRAM_STATUSES",
+    "FieldSpec",
+    "SimConfig",
+    "Simulator",
+]

@@ -1,0 +1,514 @@
+"""The simulated subscription as a pure model: request in, response out.
+
+Owns routing, authentication, limits, faults, jobs and the record of what was
+imported. Has no sockets, threads or clock of its own: every call is handed
+``now``, and the caller serialises access (``Simulator`` holds one lock).
+The HTTP edge drives a call in three steps, so that waiting (slow faults) and
+parsing (10 MB bodies) happen outside the lock:
+
+    ticket = state.begin(request, now)      # route, 615 gate, fault draw
+    state.prepare(ticket)                   # pure, lock-free: multipart + rows
+    response = state.process(ticket, now)   # auth, limits, the endpoint
+    state.end(ticket, now, response)        # leave the 615 gate, log the call
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from . import codes, imports, rows
+from .config import SimConfig
+from .faults import FaultPlan
+from .jobs import Job, JobQueue, JobStatus
+from .limits import DailyQuota, InFlight, RateWindow
+from .tokens import TokenBook
+
+IDENTITY_PATH = "/identity/oauth/token"
+JSON_TYPE = "application/json;charset=UTF-8"
+CSV_TYPE = "text/csv;charset=UTF-8"
+_REDACTED = "<redacted>"
+_SECRET_PARAMS = frozenset({"access_token", "client_secret"})
+# The call log keeps the newest calls only, so a long standalone run stays bounded.
+CALL_LOG_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: Mapping[str, str]
+    authorization: str | None = None
+    content_type: str | None = None
+    body: bytes = b""
+    body_too_large: bool = False
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str
+    # What the call log shows: a Marketo code string, or an HTTP status.
+    code: str | int | None
+
+
+@dataclass(frozen=True)
+class Route:
+    endpoint: str
+    kind: str | None
+    methods: tuple[str, ...]
+    params: Mapping[str, str]
+    known: bool = True
+
+
+@dataclass
+class Ticket:
+    request: Request
+    route: Route
+    started: float
+    fault: str | None = None
+    over_concurrency: bool = False
+    in_flight: bool = False
+    prepared: imports.Prepared | None = None
+    auth: str | None = None
+
+
+_CO = r"^/bulk/v1/customobjects/(?P<apiName>[^/]+)/import"
+_PM = r"^/bulk/v1/program/members/import/(?P<batchId>\d+)"
+_ROUTES: list[tuple[re.Pattern[str], str, str, tuple[str, ...]]] = [
+    (re.compile(p), endpoint, kind, methods)
+    for p, endpoint, kind, methods in [
+        (r"^/bulk/v1/leads\.json$", "import", "leads", ("POST",)),
+        (r"^/bulk/v1/leads/batch/(?P<batchId>\d+)\.json$", "status", "leads", ("GET",)),
+        (r"^/bulk/v1/leads/batch/(?P<batchId>\d+)/failures\.json$", "failures", "leads", ("GET",)),
+        (r"^/bulk/v1/leads/batch/(?P<batchId>\d+)/warnings\.json$", "warnings", "leads", ("GET",)),
+        (_CO + r"\.json$", "import", "customobject", ("POST",)),
+        (_CO + r"/(?P<batchId>\d+)/status\.json$", "status", "customobject", ("GET",)),
+        (_CO + r"/(?P<batchId>\d+)/failures\.json$", "failures", "customobject", ("GET",)),
+        (_CO + r"/(?P<batchId>\d+)/warnings\.json$", "warnings", "customobject", ("GET",)),
+        (r"^/bulk/v1/program/(?P<programId>[^/]+)/members/import\.json$", "import", "programmember", ("POST",)),
+        (_PM + r"/status\.json$", "status", "programmember", ("GET",)),
+        (_PM + r"/failures\.json$", "failures", "programmember", ("GET",)),
+        (_PM + r"/warnings\.json$", "warnings", "programmember", ("GET",)),
+    ]
+]
+
+
+def route(path: str) -> Route:
+    """Which endpoint a path is; unknown paths are ``known=False`` (610)."""
+    if path == IDENTITY_PATH:
+        return Route("identity", None, ("GET", "POST"), {})
+    for pattern, endpoint, kind, methods in _ROUTES:
+        match = pattern.match(path)
+        if match:
+            return Route(endpoint, kind, methods, {k: unquote(v) for k, v in match.groupdict().items()})
+    return Route("other", None, (), {}, known=False)
+
+
+def parse_query(raw: str) -> dict[str, str]:
+    """First value of each parameter, URL-decoded (``On%20List`` and ``On+List`` alike)."""
+    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+
+def redact(query: Mapping[str, str]) -> dict[str, str]:
+    """The query as the call log keeps it: secrets replaced, their presence kept."""
+    return {k: (_REDACTED if k in _SECRET_PARAMS else v) for k, v in query.items()}
+
+
+class SimState:
+    """One Marketo subscription with one API user."""
+
+    def __init__(self, cfg: SimConfig, *, now: float) -> None:
+        self.cfg = cfg
+        self.schemas = imports.Schemas(cfg)
+        seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**32)
+        # Separate streams: minting a token must not shift the fault draws of a seeded run.
+        # Not cryptographic on purpose: a seed must reproduce a run.
+        self._id_rng = random.Random(seed)  # noqa: S311
+        self.tokens = TokenBook(ttl=cfg.token_ttl, pod=cfg.pod, rng=random.Random(seed + 1))  # noqa: S311
+        self.faults = FaultPlan(cfg.fault_rates, random.Random(seed + 2))  # noqa: S311
+        self.rate = RateWindow(cfg.rate_limit, cfg.rate_window)
+        self.quota = DailyQuota(cfg.daily_quota)
+        self.in_flight = InFlight(cfg.max_concurrent)
+        self.queue = JobQueue(
+            max_importing=cfg.max_importing,
+            max_open=cfg.max_open,
+            retention=cfg.batch_retention,
+            first_batch_id=cfg.first_batch_id,
+        )
+        self.calls: deque[dict[str, Any]] = deque(maxlen=CALL_LOG_LIMIT)
+        self.submissions: list[Job] = []
+        self.imported: list[dict[str, Any]] = []
+        # JSON-lines records not yet written out; the Simulator drains this.
+        self.records: list[dict[str, Any]] = []
+        self._now = now
+
+    # -- the three steps of a call ------------------------------------------
+
+    def begin(self, request: Request, now: float) -> Ticket:
+        ticket = Ticket(request=request, route=route(request.path), started=now)
+        if ticket.route.endpoint != "identity":
+            ticket.in_flight = True
+            if not self.in_flight.enter():
+                ticket.over_concurrency = True
+                return ticket
+        ticket.fault = self.faults.draw(ticket.route.endpoint)
+        return ticket
+
+    def prepare(self, ticket: Ticket) -> None:
+        """Lock-free: read the body of an import (touches only the immutable config)."""
+        req, rt = ticket.request, ticket.route
+        if rt.endpoint != "import" or req.method != "POST" or ticket.over_concurrency:
+            return
+        if ticket.fault and not _fault_proceeds(ticket.fault):
+            return
+        ticket.prepared = imports.prepare(
+            cfg=self.cfg,
+            schemas=self.schemas,
+            kind=rt.kind or "leads",
+            path_params=rt.params,
+            query=req.query,
+            content_type=req.content_type,
+            body=req.body,
+            body_too_large=req.body_too_large,
+        )
+
+    def process(self, ticket: Ticket, now: float) -> Response:
+        self._now = now
+        self.advance(now)
+        rt, fault = ticket.route, ticket.fault
+        if ticket.over_concurrency:
+            return self._error("615")
+        if fault and fault.isdigit():
+            return self._error(fault, limit=self.cfg.rate_limit, window=self._window_text())
+        if fault in codes.HTTP_FAULTS:
+            return _http_page(codes.HTTP_FAULTS[fault])
+        if rt.endpoint == "identity":
+            return self._identity(ticket, now)
+        if not rt.known:
+            if self.cfg.unknown_path_status != 200:
+                return _http_page(self.cfg.unknown_path_status)
+            return self._error("610")
+        if ticket.request.method not in rt.methods:
+            return self._error("605")
+        if ticket.prepared is not None and ticket.prepared.too_large:
+            # A front end refuses the size before Marketo looks at the token.
+            return _http_page(413)
+        refusal = self._authenticate(ticket, now)
+        if refusal:
+            return refusal
+        # Everything above is answered before the limiter and so never counts toward
+        # the rate window or the daily quota: identity, injected faults, 610, 605,
+        # 413, 615 and the token codes (Adobe exempts 601/602/604/605/608/611).
+        if not self.rate.admit(now):
+            return self._error("606", limit=self.cfg.rate_limit, window=self._window_text())
+        if not self.quota.admit(now):
+            self.rate.refund(now)
+            return self._error("607")
+        return self._endpoint(ticket, now)
+
+    def end(self, ticket: Ticket, now: float, response: Response | None, *, delivered: bool = True) -> None:
+        """Leave the concurrency gate and log the call.
+
+        ``response`` is None when nothing was processed (reset_before);
+        ``delivered`` is False when the reply was computed but never sent (reset).
+        """
+        if ticket.in_flight:
+            self.in_flight.leave()
+        req = ticket.request
+        self.calls.append(
+            {
+                "method": req.method,
+                "path": req.path,
+                "query": redact(req.query),
+                "auth": ticket.auth,
+                "endpoint": ticket.route.endpoint,
+                "code": response.code if response is not None else None,
+                "http_status": response.status if response is not None else None,
+                "fault": ticket.fault,
+                "delivered": delivered and response is not None,
+                "t": ticket.started,
+                "t_end": now,
+            }
+        )
+
+    # -- time -----------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Run the queue up to ``now`` and record the rows of jobs that completed."""
+        for job in self.queue.advance(now):
+            if job.background or job.status is not JobStatus.COMPLETE:
+                continue
+            for outcome in job.outcomes:
+                if not outcome.imported:
+                    continue
+                entry = {
+                    "batchId": job.batch_id,
+                    "kind": job.kind,
+                    "row": rows.row_dict(job.header, outcome.values),
+                    "warning": outcome.warning,
+                }
+                self.imported.append(entry)
+                self.records.append({"record": "row", **entry, "t": job.finished_at})
+
+    def add_background_jobs(self, n: int, seconds: float, now: float) -> list[int]:
+        """Queue ``n`` jobs of other integrations; they may be refused like anyone's (1016)."""
+        self.advance(now)
+        ids = []
+        for _ in range(n):
+            if self.queue.is_full():
+                break
+            job = Job(
+                batch_id=self.queue.next_batch_id(),
+                kind="background",
+                submitted_at=now,
+                queued_dwell=0.0,
+                duration=seconds,
+            )
+            self.queue.submit(job)
+            ids.append(job.batch_id)
+        self.advance(now)
+        return ids
+
+    def _window_text(self) -> str:
+        window = float(self.cfg.rate_window)
+        return str(int(window)) if window.is_integer() else str(window)
+
+    # -- identity ---------------------------------------------------------------
+
+    def _identity(self, ticket: Ticket, now: float) -> Response:
+        req = ticket.request
+        if req.method not in ("GET", "POST"):
+            return _oauth_error(405, "method_not_allowed", f"Request method '{req.method}' not supported")
+        params = dict(req.query)
+        if req.body and "json" not in (req.content_type or "").lower():
+            for key, value in parse_query(req.body.decode("utf-8", "replace")).items():
+                params.setdefault(key, value)
+        client_id, secret = params.get("client_id"), params.get("client_secret")
+        if not client_id or not secret:
+            return _oauth_error(401, "unauthorized", "Full authentication is required to access this resource")
+        if client_id != self.cfg.client_id or secret != self.cfg.client_secret:
+            return _oauth_error(401, "invalid_client", "Bad client credentials")
+        grant = params.get("grant_type")
+        if not grant:
+            return _oauth_error(400, "invalid_request", "Missing grant type")
+        if grant != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type", f"Unsupported grant type: {grant}")
+        token, expires_in = self.tokens.grant(
+            now,
+            zero_if_reissued=self.cfg.zero_expires_in,
+            zero=ticket.fault == "expires_in_0",
+            grace=self.cfg.zero_expires_grace,
+        )
+        body = {"access_token": token, "token_type": "bearer", "expires_in": expires_in, "scope": self.cfg.scope}
+        return Response(200, _json(body), JSON_TYPE, 200)
+
+    def _authenticate(self, ticket: Ticket, now: float) -> Response | None:
+        req = ticket.request
+        form = ticket.prepared.form if ticket.prepared else {}
+        bearer = None
+        if req.authorization:
+            scheme, _, value = req.authorization.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                bearer = value.strip()
+        candidates = [
+            ("bearer", bearer, True),
+            ("query", req.query.get("access_token") or None, self.cfg.accept_query_token),
+            ("form", form.get("access_token") or None, self.cfg.accept_form_token),
+        ]
+        present = [(where, value, allowed) for where, value, allowed in candidates if value]
+        if not present:
+            return self._error(self.cfg.missing_token_code)
+        ticket.auth = present[0][0]
+        usable = [(where, value) for where, value, allowed in present if allowed]
+        if not usable:
+            return self._error("601")
+        ticket.auth, token = usable[0]
+        code = self.tokens.check(token, now)
+        return self._error(code) if code else None
+
+    # -- bulk endpoints ---------------------------------------------------------
+
+    def _endpoint(self, ticket: Ticket, now: float) -> Response:
+        rt = ticket.route
+        if rt.endpoint == "import":
+            return self._submit(ticket, now)
+        job = self._find(rt, now)
+        if job is None:
+            batch = rt.params.get("batchId")
+            return self._error(self.cfg.unknown_batch_code, message=f"Batch not found: {batch}")
+        if rt.endpoint == "status":
+            return self._ok([self._status(job, now)])
+        return self._report(job, warnings=rt.endpoint == "warnings")
+
+    def _find(self, rt: Route, now: float) -> Job | None:
+        job = self.queue.get(int(rt.params["batchId"]), now)
+        if job is None or job.kind != rt.kind:
+            return None
+        if job.kind == "customobject" and job.params.get("objectApiName") != rt.params.get("apiName"):
+            return None
+        return job
+
+    def _submit(self, ticket: Ticket, now: float) -> Response:
+        prepared = ticket.prepared
+        assert prepared is not None
+        upload = prepared.outcome
+        if isinstance(upload, imports.Rejection):
+            return self._error(upload.code, message=upload.message)
+        assert upload is not None
+        list_id = upload.params.get("listId")
+        if list_id is not None and any(
+            j.kind == "leads" and j.params.get("listId") == list_id for j in self.queue.open_jobs()
+        ):
+            return self._error("1019")
+        if self.queue.is_full():
+            return self._error("1016")
+        dwell, per_job, per_row = self.cfg.timings()
+        job = Job(
+            batch_id=self.queue.next_batch_id(),
+            kind=upload.kind,
+            submitted_at=now,
+            queued_dwell=dwell,
+            duration=per_job + per_row * len(upload.outcomes),
+            params=upload.params,
+            param_sources=upload.param_sources,
+            header=upload.header,
+            outcomes=upload.outcomes,
+            delimiter=upload.delimiter,
+            nbytes=upload.nbytes,
+            filename=upload.filename,
+            fail_message="Import failed" if ticket.fault == "job_failed" else None,
+        )
+        self.queue.submit(job)
+        self.submissions.append(job)
+        self.records.append(
+            {
+                "record": "submission",
+                "batchId": job.batch_id,
+                "kind": job.kind,
+                "params": job.params,
+                "header": job.header,
+                "rows": len(job.outcomes),
+                "bytes": job.nbytes,
+                "t": now,
+            }
+        )
+        result: dict[str, Any] = {"batchId": job.batch_id}
+        if job.kind != "customobject":
+            result["importId"] = str(job.batch_id)
+        result["status"] = job.status.value
+        if job.kind == "customobject":
+            result["objectApiName"] = job.params["objectApiName"]
+        return self._ok([result])
+
+    def _status(self, job: Job, now: float) -> dict[str, Any]:
+        processed, failed, warned = job.counts(now)
+        message = status_message(job, processed, failed, warned)
+        if job.kind == "customobject":
+            return {
+                "batchId": job.batch_id,
+                "operation": "import",
+                "status": job.status.value,
+                "objectApiName": job.params["objectApiName"],
+                "numOfObjectsProcessed": processed,
+                "numOfRowsFailed": failed,
+                "numOfRowsWithWarning": warned,
+                "importTime": f"{job.import_seconds(now)} second(s)",
+                "message": message,
+            }
+        return {
+            "batchId": job.batch_id,
+            "importId": str(job.batch_id),
+            "status": job.status.value,
+            "numOfLeadsProcessed": processed,
+            "numOfRowsFailed": failed,
+            "numOfRowsWithWarning": warned,
+            "message": message,
+        }
+
+    def _report(self, job: Job, *, warnings: bool) -> Response:
+        # Before Complete there is no file yet [INF]: answered like a job with no such rows.
+        affected: list[rows.RowOutcome] = []
+        if job.status is JobStatus.COMPLETE:
+            if warnings:
+                affected = [o for o in job.outcomes if o.imported and o.warning is not None]
+            else:
+                affected = [o for o in job.outcomes if o.failure is not None and not o.dropped]
+        if not affected:
+            if self.cfg.failures_404:
+                return _http_page(404)
+            return Response(200, b"", CSV_TYPE, 200)
+        drop = None
+        if self.cfg.failure_file_quirk and job.kind == "leads" and not warnings:
+            lookup = job.params.get("lookupField", "email")
+            last = len(job.header) - 1
+            if job.header and job.header[last].lower() == str(lookup).lower():
+                drop = last
+        body = rows.render_report(
+            job.header,
+            affected,
+            warnings=warnings,
+            delimiter=job.delimiter,
+            drop_column=drop,
+            unquoted=self.cfg.failure_file_quirk,
+        )
+        return Response(200, body, CSV_TYPE, 200)
+
+    # -- envelopes ----------------------------------------------------------------
+
+    def request_id(self) -> str:
+        # "%04x#%011x": a random tag and the clock in milliseconds, like "d01f#15d672f8560".
+        return f"{self._id_rng.getrandbits(16):04x}#{int(self._now * 1000) & 0xFFFFFFFFFFF:011x}"
+
+    def _ok(self, result: list[dict[str, Any]]) -> Response:
+        body = {"requestId": self.request_id(), "result": result, "success": True}
+        return Response(200, _json(body), JSON_TYPE, 200)
+
+    def _error(self, code: str, *, message: str | None = None, **values: object) -> Response:
+        text = message if message is not None else codes.message(code, **values)
+        body = {"requestId": self.request_id(), "success": False, "errors": [{"code": code, "message": text}]}
+        return Response(200, _json(body), JSON_TYPE, code)
+
+
+def _fault_proceeds(fault: str) -> bool:
+    """Faults after which the call is still processed normally."""
+    return fault in ("reset", "job_failed") or fault.startswith("slow:")
+
+
+def status_message(job: Job, processed: int, failed: int, warned: int) -> str:
+    """Message templates from the docs' examples (clients must not parse them)."""
+    if job.status is JobStatus.QUEUED:
+        return "Queued for processing"
+    if job.status is JobStatus.IMPORTING:
+        return "Import in progress"
+    if job.status is JobStatus.FAILED:
+        return job.fail_message or "Import failed"
+    head = "Import succeeded" if failed == 0 else "Import completed with errors"
+    text = f"{head}, {processed} records imported ({processed} members)"
+    if failed:
+        text += f", {failed} failed"
+    if warned:
+        text += f", {warned} warning."
+    return text
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response:
+    return Response(status, _json({"error": error, "error_description": description}), JSON_TYPE, status)
+
+
+def _http_page(status: int) -> Response:
+    # Not the JSON envelope: what a proxy or servlet container answers.
+    reason = codes.HTTP_REASONS.get(status, "Error")
+    page = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1></body></html>\n"
+    return Response(status, page.encode("ascii"), "text/html;charset=ISO-8859-1", status)
