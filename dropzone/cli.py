@@ -98,6 +98,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dropzone import logs
+    from dropzone.demo import run_demo
+
+    cfg = _load(args)
+    logs.configure(json=cfg.log.json, level=cfg.log.level.value)
+    logs.redactor.add(cfg.marketo.client_secret)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    run_demo(cfg, stop, samples=not args.no_samples)
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     """Files in flight and recent outcomes, from the journal (read-only, works while the daemon runs)."""
     from dropzone.jobs import FileState
@@ -140,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground", description="Watch the inboxes and import.")
     run.add_argument("--config", type=Path, required=True, metavar="FILE")
     run.set_defaults(handler=_cmd_run)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the daemon against the bundled simulator, with sample files",
+        description="Start the simulator at marketo.endpoint (http://127.0.0.1:PORT), drop sample files, run the daemon.",
+    )
+    demo.add_argument("--config", type=Path, default=Path("config.example.yaml"), metavar="FILE")
+    demo.add_argument("--no-samples", action="store_true", help="do not drop the sample files")
+    demo.set_defaults(handler=_cmd_demo)
 
     check = sub.add_parser(
         "check",
