@@ -367,7 +367,7 @@ class TestRetries:
         client = MarketoClient(
             ClientSettings(
                 endpoint=f"http://127.0.0.1:{port}", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                max_retry_seconds=5.0,
+                max_retry_seconds=1.0,
             ),
             sleep=fake_time.sleep,
             clock=fake_time.clock,
