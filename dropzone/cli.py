@@ -88,7 +88,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dropzone import logs
     from dropzone.daemon import Daemon
 
+    from dropzone import config as config_module
+    from dropzone.errors import ConfigError
+
     cfg = _load(args)
+    try:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)  # ours to create, unlike the partners' folders
+    except OSError as exc:
+        raise ConfigError(f"{cfg.source}: state_dir: cannot create {cfg.state_dir}: {exc.strerror}") from None
+    problems = config_module.check_paths(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
     logs.configure(json=cfg.log.json, level=cfg.log.level.value)
     logs.redactor.add(cfg.marketo.client_secret)
     stop = threading.Event()

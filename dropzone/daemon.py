@@ -165,11 +165,19 @@ class Daemon:
         """Run until ``stop`` is set."""
         self.start()
         try:
+            failures = 0
             while not self.stop.is_set():
                 try:
                     busy = self.run_once()
+                    failures = 0
                 except Interrupted:
                     break
+                except Exception:  # noqa: BLE001 - the loop outlives any one error; the journal is the truth
+                    failures += 1
+                    log.exception("loop_error", consecutive=failures)
+                    if self.stop.wait(min(60.0, 2.0**failures)):
+                        break
+                    continue
                 if not busy:
                     self._idle()
         finally:
@@ -330,7 +338,8 @@ class Daemon:
             st = os.lstat(source)
         except OSError:
             return
-        target = inbox.processing_dir / uuid.uuid4().hex[:16] / rel
+        # Flat, unique names: no folders to create (each would be one more inotify watch).
+        target = inbox.processing_dir / f"{uuid.uuid4().hex[:16]}-{Path(rel).name}"
         file_id = self.store.begin_claim(
             inbox=inbox.path, relpath=rel, processing_path=target, size=st.st_size, received_at=_utc_now()
         )
@@ -356,11 +365,22 @@ class Daemon:
                     self._split(row)
                 except InputError as exc:
                     log.info("file_rejected", reason=str(exc), line=exc.line)
-                    shutil.rmtree(self._work_dir(row.id), ignore_errors=True)
-                    self.store.set_file(
-                        row.id, FileState.FINISHING, outcome=Outcome.REJECTED, error=str(exc), error_line=exc.line
-                    )
+                    self._reject(row, str(exc), exc.line)
+                except OSError as exc:
+                    # The work area (state_dir) is full or unwritable: keep the
+                    # file claimed and try again later; never reject good data for it.
+                    log.error("split_failed_will_retry", error=str(exc))
+                    return False
+                except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
+                    # A bug, not the partner's fault; rejecting beats crash-looping on the same file.
+                    log.exception("file_failed_internal_error")
+                    self._reject(row, f"{row.relpath}: dropzone could not process this file ({type(exc).__name__}); "
+                                      "the original is kept, please report this", None)
         return busy
+
+    def _reject(self, row: FileRow, message: str, line: int | None) -> None:
+        shutil.rmtree(self._work_dir(row.id), ignore_errors=True)
+        self.store.set_file(row.id, FileState.FINISHING, outcome=Outcome.REJECTED, error=message, error_line=line)
 
     def _inbox(self, row: FileRow) -> Inbox | None:
         state = self.inboxes.get(row.inbox)
@@ -745,8 +765,6 @@ class Daemon:
         archived = self._archive(row, inbox)
         self.store.set_file(row.id, FileState.DONE, finished_at=doc["finishedAt"], archived_to=archived)
         shutil.rmtree(self._work_dir(row.id), ignore_errors=True)
-        with contextlib.suppress(OSError):
-            row.processing_path.parent.rmdir()
         log.info(
             "file_finished",
             file_id=row.id,

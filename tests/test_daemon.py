@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -365,3 +366,95 @@ class TestRecovery:
         daemon.run_until_idle()
         [row] = daemon.store.files()
         assert row.state is FileState.DONE and row.outcome == "Complete"
+
+
+class TestHostileInbox:
+    def test_a_file_held_open_for_writing_waits(self, tmp_path, simulator, daemon_factory):
+        """A writer that stalls mid-upload with the file open: not taken, however long it is quiet; taken once closed."""
+        daemon = daemon_factory()
+        path = tmp_path / "inbox" / "leads_open.csv"
+        handle = open(path, "w")  # noqa: SIM115 - held open on purpose
+        try:
+            handle.write("email\nann@example.com\n")
+            handle.flush()
+            stat_before = path.stat()
+            # Five quiet periods with the file unchanged but still open: a negative, so it takes time to observe.
+            end = time.monotonic() + 5 * 0.2
+            while time.monotonic() < end:
+                daemon.run_once()
+                daemon._idle()
+            assert simulator.submissions() == []
+            assert path.stat().st_ino == stat_before.st_ino
+        finally:
+            handle.close()
+        daemon.run_until_idle()
+        assert status_of(tmp_path, "leads_open.csv")["status"] == "Complete"
+
+    def test_symlinks_and_fifos_are_never_followed_and_the_daemon_goes_on(self, tmp_path, simulator, daemon_factory):
+        """A symlink to a file outside the inbox and a FIFO stay untouched; a good file dropped next goes through."""
+        daemon = daemon_factory()
+        secret = tmp_path / "outside.csv"
+        secret.write_text("email\nsecret@example.com\n")
+        (tmp_path / "inbox" / "leads_link.csv").symlink_to(secret)
+        os.mkfifo(tmp_path / "inbox" / "leads_fifo.csv")
+        (tmp_path / "inbox" / "leads_dir.csv").mkdir()
+        drop(tmp_path, "leads_ok.csv", "email\nann@example.com\n")
+        daemon.run_until_idle()
+        assert status_of(tmp_path, "leads_ok.csv")["status"] == "Complete"
+        assert [r["row"]["email"] for r in simulator.imported_rows()] == ["ann@example.com"]
+        assert (tmp_path / "inbox" / "leads_link.csv").is_symlink()
+        assert secret.read_text() == "email\nsecret@example.com\n"
+
+    def test_a_file_deleted_before_its_claim_is_forgotten(self, tmp_path, simulator, daemon_factory):
+        daemon = daemon_factory()
+        path = drop(tmp_path, "leads_gone.csv", "email\nann@example.com\n")
+        daemon.run_once()
+        path.unlink()
+        drop(tmp_path, "leads_next.csv", "email\nbob@example.com\n")
+        daemon.run_until_idle()
+        assert status_of(tmp_path, "leads_next.csv")["status"] == "Complete"
+        assert not (tmp_path / "outbox" / "leads_gone.csv.status.json").exists()
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission")
+    def test_unwritable_outbox_keeps_the_file_and_retries(self, tmp_path, simulator, daemon_factory):
+        daemon = daemon_factory()
+        (tmp_path / "outbox").chmod(0o500)
+        try:
+            drop(tmp_path, "leads_ro.csv", "email\nann@example.com\n")
+            with pytest.raises(TimeoutError):
+                daemon.run_until_idle(timeout=3)
+        finally:
+            (tmp_path / "outbox").chmod(0o700)
+        daemon.run_until_idle()
+        assert status_of(tmp_path, "leads_ro.csv")["status"] == "Complete"
+
+    def test_outbox_replaced_by_a_file_keeps_the_original_and_recovers(self, tmp_path, simulator, daemon_factory):
+        """The outbox cannot be written (here: it is a file): the result waits, the daemon stays up, then delivers."""
+        daemon = daemon_factory()
+        (tmp_path / "outbox").rmdir()
+        (tmp_path / "outbox").write_text("not a folder")
+        drop(tmp_path, "leads_ob.csv", "email\nann@example.com\n")
+        with pytest.raises(TimeoutError):
+            daemon.run_until_idle(timeout=3)
+        [row] = daemon.store.files()
+        assert row.state is FileState.FINISHING and row.processing_path.exists()
+        (tmp_path / "outbox").unlink()
+        (tmp_path / "outbox").mkdir()
+        daemon.run_until_idle()
+        assert status_of(tmp_path, "leads_ob.csv")["status"] == "Complete"
+
+
+class TestBigFile:
+    def test_30_mb_with_quoted_line_breaks_is_split_and_imported_row_for_row(self, tmp_path, simulator, daemon_factory):
+        daemon = daemon_factory()
+        rows = 480_000
+        lines = [f'big{i}@example.com,"Line one {i}\nline two, ""quoted""",X{i % 7}\n' for i in range(rows)]
+        drop(tmp_path, "leads_30mb.csv", "email,firstName,lastName\n" + "".join(lines))
+        assert (tmp_path / "inbox" / "leads_30mb.csv").stat().st_size > 10_000_000
+        daemon.run_until_idle(timeout=120)
+        status = status_of(tmp_path, "leads_30mb.csv")
+        assert status["status"] == "Complete" and status["rowsProcessed"] == rows
+        assert len(status["batches"]) >= 2
+        imported = sorted(simulator.imported_rows(), key=lambda r: r["batchId"])
+        assert [r["row"]["email"] for r in imported] == [f"big{i}@example.com" for i in range(rows)]
+        assert imported[1]["row"]["firstName"] == 'Line one 1\nline two, "quoted"'
