@@ -80,7 +80,9 @@ class _InboxState:
 
 @dataclass
 class _Poll:
+    batch_id: int
     due: float
+    last_polled: float
     polls: int = 0
 
 
@@ -209,8 +211,9 @@ class Daemon:
 
     def _idle(self) -> None:
         wait = MAX_IDLE_S
-        if self._polls:
-            wait = min(wait, max(0.0, min(p.due for p in self._polls.values()) - self.clock()))
+        next_poll = jobs.next_poll_at(jobs.PollPlan(c, p.batch_id, p.due, p.last_polled) for c, p in self._polls.items())
+        if next_poll is not None:
+            wait = min(wait, max(0.0, next_poll - self.clock()))
         try:
             hint = self.hints.get(timeout=max(wait, 0.01))
         except queue.Empty:
@@ -250,7 +253,7 @@ class Daemon:
             log.warning("chunk_resubmitting_after_crash", file_id=chunk.file_id, chunk=chunk.index)
         now = self.clock()
         for chunk in self.store.chunks([ChunkState.SUBMITTED]):
-            self._polls[chunk.id] = _Poll(due=now)
+            self._polls[chunk.id] = _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now)
 
     # ---- intake -----------------------------------------------------------
 
@@ -576,6 +579,11 @@ class Daemon:
             self.store.set_chunk(chunk.id, ChunkState.ERROR, error=str(exc))
             log.warning("submit_rejected", **bound, code=exc.code, error=str(exc))
             return True
+        except OSError as exc:
+            # The chunk file could not be read (state_dir damaged?): nothing was sent.
+            self.store.set_chunk(chunk.id, ChunkState.ERROR, error=f"chunk {chunk.index} could not be read: {exc}")
+            log.error("chunk_unreadable", **bound, error=str(exc))
+            return True
         except MarketoError as exc:
             self.store.set_chunk(chunk.id, ChunkState.PENDING)
             self._pause_after(exc, row)
@@ -588,7 +596,10 @@ class Daemon:
             marketo_status=batch.status,
             submitted_at=_utc_now(),
         )
-        self._polls[chunk.id] = _Poll(due=self.clock() + jobs.poll_delay(0, self.config.marketo.poll_interval))
+        now = self.clock()
+        self._polls[chunk.id] = _Poll(
+            batch_id=batch.batch_id, due=now + jobs.poll_delay(0, self.config.marketo.poll_interval), last_polled=now
+        )
         log.info("import_submitted", **bound, batchId=batch.batch_id, rows=chunk.rows, bytes=chunk.size)
         return True
 
@@ -620,9 +631,10 @@ class Daemon:
         if now < self._api_paused_until:
             return False
         busy = False
-        for chunk_id, poll in sorted(self._polls.items(), key=lambda kv: kv[1].due):
-            if poll.due > now:
-                continue
+        plans = [jobs.PollPlan(cid, p.batch_id, p.due, p.last_polled) for cid, p in self._polls.items()]
+        for chunk_id in jobs.polls_due(plans, now):
+            poll = self._polls[chunk_id]
+            poll.last_polled = now
             chunk = self.store.chunk(chunk_id)
             if chunk.state is not ChunkState.SUBMITTED:
                 self._polls.pop(chunk_id, None)

@@ -161,6 +161,43 @@ def poll_delay(polls_so_far: int, poll_interval: float) -> float:
     return min(poll_interval, FIRST_POLL_S * (2 ** min(polls_so_far, 20)))
 
 
+#: Marketo imports an instance's batches first in, first out, two at a time:
+#: only our oldest few open batches can be finishing, so only they are polled
+#: on the short schedule. The API budget (100 calls / 20 s, shared) goes further.
+HEAD_POLLS = 3
+#: Batches further back are still looked at this often (another integration's
+#: jobs, or a batch Marketo failed early, can change the order).
+BACK_POLL_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class PollPlan:
+    chunk_id: int
+    batch_id: int  # Marketo numbers batches in submission order: FIFO position
+    due: float
+    last_polled: float
+
+
+def polls_due(plans: Iterable[PollPlan], now: float, *, head: int = HEAD_POLLS, back: float = BACK_POLL_S) -> list[int]:
+    """The chunks whose batch should be polled now, oldest batch first."""
+    due = []
+    for position, plan in enumerate(sorted(plans, key=lambda p: p.batch_id)):
+        if plan.due > now:
+            continue
+        if position < head or now - plan.last_polled >= back:
+            due.append(plan.chunk_id)
+    return due
+
+
+def next_poll_at(plans: Iterable[PollPlan], *, head: int = HEAD_POLLS, back: float = BACK_POLL_S) -> float | None:
+    """When ``polls_due`` will next return something (None when nothing is open)."""
+    times = [
+        plan.due if position < head else max(plan.due, plan.last_polled + back)
+        for position, plan in enumerate(sorted(plans, key=lambda p: p.batch_id))
+    ]
+    return min(times, default=None)
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkResult:
     state: ChunkState

@@ -48,7 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--big-mb", type=int, default=200)
-    parser.add_argument("--job-seconds", type=float, default=0.5)
+    parser.add_argument("--job-seconds", type=float, default=2.0)
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -70,7 +70,7 @@ marketo:
   endpoint: {sim.base_url}
   client_id: bench
   client_secret: bench-secret
-  poll_interval: 2
+  poll_interval: 5
 state_dir: state
 log: {{format: json, level: info}}
 inboxes:

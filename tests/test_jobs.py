@@ -1,0 +1,115 @@
+"""The pure lifecycle and scheduling rules, with plain values."""
+
+import pytest
+
+from dropzone import jobs
+from dropzone.jobs import Candidate, ChunkResult, ChunkState, FileState, Outcome, PollPlan, Slots
+
+
+class TestTransitions:
+    def test_the_happy_path_is_allowed(self):
+        for old, new in [
+            (ChunkState.PENDING, ChunkState.SUBMITTING),
+            (ChunkState.SUBMITTING, ChunkState.SUBMITTED),
+            (ChunkState.SUBMITTED, ChunkState.FETCHING),
+            (ChunkState.FETCHING, ChunkState.DONE),
+        ]:
+            jobs.check_chunk_transition(old, new)
+        for old, new in [
+            (FileState.CLAIMING, FileState.CLAIMED),
+            (FileState.CLAIMED, FileState.SPLIT),
+            (FileState.SPLIT, FileState.FINISHING),
+            (FileState.FINISHING, FileState.DONE),
+        ]:
+            jobs.check_file_transition(old, new)
+
+    @pytest.mark.parametrize(
+        ("old", "new"),
+        [
+            (ChunkState.PENDING, ChunkState.SUBMITTED),  # a batchId without a recorded intent
+            (ChunkState.SUBMITTED, ChunkState.PENDING),  # resubmitting a batch Marketo has
+            (ChunkState.DONE, ChunkState.PENDING),
+            (ChunkState.ERROR, ChunkState.SUBMITTING),
+        ],
+    )
+    def test_dangerous_chunk_moves_are_refused(self, old, new):
+        with pytest.raises(jobs.TransitionError):
+            jobs.check_chunk_transition(old, new)
+
+    def test_a_done_file_cannot_be_reopened(self):
+        with pytest.raises(jobs.TransitionError):
+            jobs.check_file_transition(FileState.DONE, FileState.SPLIT)
+
+
+class TestRecovery:
+    def test_only_the_ambiguous_window_resubmits(self):
+        """A crash in 'submitting' resubmits; a known batchId is polled, never resubmitted."""
+        assert jobs.recovery_action(ChunkState.SUBMITTING) is jobs.RecoveryAction.RESUBMIT
+        assert jobs.recovery_action(ChunkState.SUBMITTED) is jobs.RecoveryAction.POLL
+        assert jobs.recovery_action(ChunkState.FETCHING) is jobs.RecoveryAction.FETCH
+        assert jobs.recovery_action(ChunkState.PENDING) is jobs.RecoveryAction.NONE
+
+
+def cand(chunk_id, inbox, file_id=1, index=0, list_id=None):
+    return Candidate(chunk_id=chunk_id, inbox=inbox, file_id=file_id, index=index, list_id=list_id)
+
+
+class TestPickNext:
+    def test_nothing_when_our_open_batches_fill_the_queue(self):
+        assert jobs.pick_next([cand(1, "a")], Slots(open=10, max_open=10)) is None
+
+    def test_oldest_file_and_lowest_chunk_first_within_an_inbox(self):
+        picked = jobs.pick_next([cand(3, "a", 2, 0), cand(2, "a", 1, 1), cand(1, "a", 1, 0)], Slots(0, 10))
+        assert picked is not None and picked.chunk_id == 1
+
+    def test_round_robin_across_inboxes(self):
+        """One partner's 500 files do not starve another's single file."""
+        candidates = [cand(i, "busy", file_id=i) for i in range(1, 501)] + [cand(999, "quiet", file_id=999)]
+        first = jobs.pick_next(candidates, Slots(0, 10, last_inbox=None))
+        second = jobs.pick_next([c for c in candidates if c != first], Slots(1, 10, last_inbox=first.inbox))
+        assert {first.inbox, second.inbox} == {"busy", "quiet"}
+
+    def test_one_import_at_a_time_per_list(self):
+        """Marketo answers 1019 to a second import into a list that is being imported to."""
+        picked = jobs.pick_next([cand(1, "a", list_id=7), cand(2, "a", 2, list_id=8)], Slots(1, 10, frozenset({7})))
+        assert picked is not None and picked.chunk_id == 2
+        assert jobs.pick_next([cand(1, "a", list_id=7)], Slots(1, 10, frozenset({7}))) is None
+
+
+class TestPolling:
+    def test_short_first_waits_growing_to_the_interval(self):
+        assert [jobs.poll_delay(n, 5.0) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+    def test_only_the_oldest_batches_are_polled(self):
+        """FIFO, two at a time: batches further back cannot be finishing yet."""
+        plans = [PollPlan(chunk_id=i, batch_id=100 + i, due=0.0, last_polled=0.0) for i in range(6)]
+        assert jobs.polls_due(plans, now=1.0) == [0, 1, 2]
+
+    def test_batches_further_back_are_still_polled_now_and_then(self):
+        plans = [PollPlan(chunk_id=i, batch_id=100 + i, due=0.0, last_polled=0.0) for i in range(6)]
+        assert jobs.polls_due(plans, now=jobs.BACK_POLL_S) == [0, 1, 2, 3, 4, 5]
+
+    def test_next_poll_time_ignores_batches_that_are_not_eligible(self):
+        plans = [PollPlan(0, 100, due=5.0, last_polled=0.0), PollPlan(1, 101, due=6.0, last_polled=0.0),
+                 PollPlan(2, 102, due=7.0, last_polled=0.0), PollPlan(3, 103, due=1.0, last_polled=0.0)]
+        assert jobs.next_poll_at(plans) == 5.0
+        assert jobs.next_poll_at([]) is None
+
+
+def result(rows, processed, failed=0, warned=0, status="Complete", state=ChunkState.DONE):
+    return ChunkResult(state, status, rows, processed, failed, warned)
+
+
+class TestOutcome:
+    def test_complete_when_every_row_went_in(self):
+        assert jobs.file_outcome([result(10, 10), result(5, 5, warned=2)]) is Outcome.COMPLETE
+
+    def test_partial_when_some_rows_failed(self):
+        assert jobs.file_outcome([result(10, 9, failed=1)]) is Outcome.PARTIAL
+
+    def test_partial_when_one_chunk_failed_and_another_went_in(self):
+        assert jobs.file_outcome([result(10, 10), result(10, 0, status=None, state=ChunkState.ERROR)]) is Outcome.PARTIAL
+
+    def test_failed_when_nothing_went_in(self):
+        assert jobs.file_outcome([result(10, 0, status="Failed")]) is Outcome.FAILED
+        assert jobs.file_outcome([result(3, 0, failed=3)]) is Outcome.FAILED
