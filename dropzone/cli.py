@@ -101,11 +101,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("; ".join(problems))
     logs.configure(json=cfg.log.json, level=cfg.log.level.value)
     logs.redactor.add(cfg.marketo.client_secret)
+
+    def reload_config() -> Any:
+        new = _load(args)
+        logs.redactor.add(new.marketo.client_secret)
+        return new
+
     stop = threading.Event()
     _install_signal_handlers(stop)
-    daemon = Daemon(cfg, stop=stop)
-    daemon.run()
+    daemon = Daemon(cfg, stop=stop, reload_config=reload_config)
+    # Handlers only set events: the loop acts on them (no work inside a signal handler).
+    signal.signal(signal.SIGHUP, lambda signum, frame: daemon.reload_requested.set())
+    server = None
+    if cfg.http is not None:
+        from dropzone import health
+
+        server = health.HealthServer(daemon.metrics, cfg.http.host, cfg.http.port)
+        try:
+            server.start()
+        except OSError as exc:
+            daemon.close()
+            raise ConfigError(f"{cfg.source}: http.listen: cannot listen on {cfg.http.listen}: {exc.strerror}") from None
+    try:
+        daemon.run()
+    finally:
+        if server is not None:
+            server.stop()
     return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the running daemon answers /livez and /readyz with 200 (for HEALTHCHECK and cron)."""
+    from dropzone import health
+
+    cfg = _load(args)
+    if cfg.http is None:
+        print("dropzone health needs an 'http' section in the configuration (http: {listen: 127.0.0.1:9108})",
+              file=sys.stderr)
+        return 1
+    code, message = health.check(health.base_url(cfg.http.host, cfg.http.port), args.timeout)
+    print(message)
+    return code
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -181,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, required=True, metavar="FILE")
     check.add_argument("--offline", action="store_true", help="do not call Marketo's Identity endpoint")
     check.set_defaults(handler=_cmd_check)
+
+    health_cmd = sub.add_parser(
+        "health", help="ask a running daemon whether it is alive and ready (its http endpoint)"
+    )
+    health_cmd.add_argument("--config", type=Path, required=True, metavar="FILE")
+    health_cmd.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    health_cmd.set_defaults(handler=_cmd_health)
 
     status = sub.add_parser("status", help="files in flight and recent outcomes, from the journal")
     status.add_argument("--config", type=Path, required=True, metavar="FILE")

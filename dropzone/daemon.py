@@ -27,10 +27,12 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from dropzone import __version__, jobs, outbox, readiness, routing, splitting, throttle, watching
-from dropzone.config import Config, FileFormat, Inbox, ObjectKind
+from dropzone import __version__, health, jobs, notify, outbox, readiness, routing, splitting, throttle, watching
+from dropzone.config import Config, FileFormat, Inbox, MarketoSettings, ObjectKind, check_paths
 from dropzone.errors import (
     AuthError,
+    ConfigError,
+    DropzoneError,
     InputError,
     ListBusyError,
     MarketoError,
@@ -103,14 +105,36 @@ class Daemon:
         client: MarketoClient | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reload_config: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
         self.stop = stop or threading.Event()
+        #: Set by SIGHUP; the loop reloads the configuration with ``reload_config``.
+        self.reload_requested = threading.Event()
+        self._reload_config = reload_config
         self.clock = clock
         self.hints: queue.Queue[tuple[Path, str]] = queue.Queue()
+        self.metrics = health.Metrics(clock=clock)
+        self.watchdog = notify.Watchdog.from_env()
         self.store = Store(config.state_dir)
-        m = config.marketo
-        self.client = client or MarketoClient(
+        self.client = client or self._make_client(config.marketo)
+        self.inboxes: dict[Path, _InboxState] = {}
+        #: Inboxes removed by a reload: their files in flight still finish and report there.
+        self._retired: dict[Path, Inbox] = {}
+        for inbox in config.inboxes:
+            self.inboxes[inbox.path] = self._inbox_state(inbox)
+        self._polls: dict[int, _Poll] = {}
+        self._paused_until = 0.0  # every submit
+        self._queue_full_streak = 0
+        self._list_paused: dict[int, float] = {}
+        self._api_paused_until = 0.0  # every call (daily quota)
+        self._last_inbox: str | None = None
+        self.last_tick = clock()
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def _make_client(self, m: MarketoSettings) -> MarketoClient:
+        return MarketoClient(
             ClientSettings(
                 endpoint=m.endpoint,
                 identity=m.identity,
@@ -123,28 +147,31 @@ class Daemon:
                 max_retry_seconds=m.max_retry_seconds,
             ),
             sleep=self._sleep,
+            on_call=self.metrics.on_call,
         )
-        self.inboxes: dict[Path, _InboxState] = {}
-        for inbox in config.inboxes:
-            polling = watching.use_polling(inbox.watch.value, inbox.path)
-            self.inboxes[inbox.path] = _InboxState(
-                inbox=inbox,
-                tracker=readiness.Tracker(quiet_period=inbox.quiet_period, marker_suffixes=inbox.marker_suffixes),
-                watcher=watching.Watcher(inbox.path, self.hints, polling=polling),
-            )
-        self._polls: dict[int, _Poll] = {}
-        self._paused_until = 0.0  # every submit
-        self._queue_full_streak = 0
-        self._list_paused: dict[int, float] = {}
-        self._api_paused_until = 0.0  # every call (daily quota)
-        self._last_inbox: str | None = None
-        self.last_tick = clock()
 
-    # ---- lifecycle --------------------------------------------------------
+    def _inbox_state(self, inbox: Inbox) -> _InboxState:
+        return _InboxState(
+            inbox=inbox,
+            tracker=readiness.Tracker(quiet_period=inbox.quiet_period, marker_suffixes=inbox.marker_suffixes),
+            watcher=watching.Watcher(inbox.path, self.hints, polling=watching.use_polling(inbox.watch.value, inbox.path)),
+        )
+
+    def _heartbeat(self) -> None:
+        """The loop is alive: for /livez and systemd's watchdog (waits between retries count too)."""
+        self.last_tick = self.clock()
+        self.metrics.tick()
+        self.watchdog.maybe_ping(self.last_tick)
 
     def _sleep(self, seconds: float) -> None:
-        if self.stop.wait(seconds):
-            raise Interrupted
+        end = self.clock() + seconds
+        while True:
+            self._heartbeat()
+            left = end - self.clock()
+            if left <= 0:
+                return
+            if self.stop.wait(min(left, 5.0)):
+                raise Interrupted
 
     def close(self) -> None:
         for state in self.inboxes.values():
@@ -161,7 +188,17 @@ class Daemon:
         now = self.clock()
         for state in self.inboxes.values():
             self._scan(state, now)
+        self._update_readiness()
+        self.metrics.set_ready_inputs(config_loaded=True)
         log.info("daemon_started", inboxes=len(self.inboxes), version=__version__)
+        notify.ready()
+        notify.status(f"watching {len(self.inboxes)} inbox(es)")
+
+    def _update_readiness(self) -> None:
+        self.metrics.set_ready_inputs(
+            state_writable=health.probe_writable(self.config.state_dir),
+            watchers_alive=all(s.watcher.is_alive() for s in self.inboxes.values()),
+        )
 
     def run(self) -> None:
         """Run until ``stop`` is set."""
@@ -169,6 +206,8 @@ class Daemon:
         try:
             failures = 0
             while not self.stop.is_set():
+                if self.reload_requested.is_set():
+                    self.reload()
                 try:
                     busy = self.run_once()
                     failures = 0
@@ -183,6 +222,7 @@ class Daemon:
                 if not busy:
                     self._idle()
         finally:
+            notify.stopping()
             log.info("daemon_stopping")
             self.close()
 
@@ -210,6 +250,7 @@ class Daemon:
         return not in_flight and not waiting
 
     def _idle(self) -> None:
+        self._heartbeat()
         wait = MAX_IDLE_S
         next_poll = jobs.next_poll_at(jobs.PollPlan(c, p.batch_id, p.due, p.last_polled) for c, p in self._polls.items())
         if next_poll is not None:
@@ -224,14 +265,77 @@ class Daemon:
 
     def run_once(self) -> bool:
         """One pass over everything that is due; True when something was done."""
-        self.last_tick = self.clock()
+        self._heartbeat()
         busy = self._intake()
         busy |= self._prepare()
         busy |= self._submit()
         busy |= self._poll()
         busy |= self._fetch()
         busy |= self._finish()
+        self._update_gauges()
         return busy
+
+    def _update_gauges(self) -> None:
+        counts = [s.tracker.waiting(self.clock()) for s in self.inboxes.values()]
+        self.metrics.set_waiting(
+            sum(n for n, _ in counts), min((t for _, t in counts if t is not None), default=None)
+        )
+        self.metrics.set_batches(
+            open=len(self._polls), queued=len(self.store.chunks([ChunkState.PENDING, ChunkState.SUBMITTING]))
+        )
+
+    def reload(self) -> None:
+        """Swap in a new configuration (SIGHUP); on any error keep the old one.
+
+        Files in flight keep the route they were split with (it is in the
+        journal); inboxes removed from the configuration still get their
+        results. ``state_dir`` cannot change without a restart.
+        """
+        self.reload_requested.clear()
+        notify.reloading()
+        try:
+            if self._reload_config is None:
+                raise ConfigError("this daemon was started without a configuration file to reload")
+            new = self._reload_config()
+            if new.state_dir != self.config.state_dir:
+                raise ConfigError(f"{new.source}: state_dir: cannot change on reload; restart dropzone to move it")
+            problems = check_paths(new)
+            if problems:
+                raise ConfigError("; ".join(problems))
+        except DropzoneError as exc:
+            log.error("reload_refused_keeping_old_config", error=str(exc))
+            notify.ready()
+            return
+        old_paths, new_paths = set(self.inboxes), {i.path for i in new.inboxes}
+        changes: list[str] = []
+        for path in old_paths - new_paths:
+            state = self.inboxes.pop(path)
+            state.watcher.stop()
+            self._retired[path] = state.inbox
+            changes.append(f"inbox removed: {path}")
+        now = self.clock()
+        for inbox in new.inboxes:
+            state = self.inboxes.get(inbox.path)
+            if state is None:
+                state = self.inboxes[inbox.path] = self._inbox_state(inbox)
+                state.watcher.start()
+                changes.append(f"inbox added: {inbox.path}")
+            elif state.inbox != inbox:
+                state.inbox = inbox
+                state.tracker.quiet_period = inbox.quiet_period
+                changes.append(f"inbox changed: {inbox.path}")
+            state.next_scan = now
+            self._retired.pop(inbox.path, None)
+        if new.marketo != self.config.marketo:
+            self.client.close()
+            self.client = self._make_client(new.marketo)
+            changes.append("marketo settings changed")
+        for name in ("split_max_bytes", "http", "log"):
+            if getattr(new, name) != getattr(self.config, name):
+                changes.append(f"{name} changed" + (" (applies after a restart)" if name in ("http", "log") else ""))
+        self.config = new
+        log.info("config_reloaded", changes=changes or ["nothing"])
+        notify.ready()
 
     def recover(self) -> None:
         """Put what a crash interrupted back on its way (see ``jobs.recovery_action``)."""
@@ -287,6 +391,7 @@ class Daemon:
 
     def _scan(self, state: _InboxState, now: float) -> None:
         state.next_scan = now + state.inbox.scan_interval
+        self._update_readiness()
         for entry in watching.scan(state.inbox.path):
             if entry.relpath not in state.tracker:
                 self._look(state, entry.relpath, now)
@@ -387,7 +492,7 @@ class Daemon:
 
     def _inbox(self, row: FileRow) -> Inbox | None:
         state = self.inboxes.get(row.inbox)
-        return state.inbox if state else None
+        return state.inbox if state else self._retired.get(row.inbox)
 
     def _work_dir(self, file_id: int) -> Path:
         return self.config.state_dir / "work" / str(file_id)
@@ -442,12 +547,12 @@ class Daemon:
         self.store.add_chunks(
             row.id,
             chunks,
-            list_id=route.list_id,
             route=route_doc,
             fmt=fmt.value,
             rows=result.rows,
             notes=[*row.notes, *notes],
         )
+        self.metrics.file_split(len(chunks))
         log.info("file_split", chunks=len(chunks), rows=result.rows)
 
     def _check_header(
@@ -653,6 +758,7 @@ class Daemon:
                     self._pause_after(exc)
                 continue
             poll.polls += 1
+            self.metrics.poll_succeeded()
             if not status.is_finished:
                 poll.due = self.clock() + jobs.poll_delay(poll.polls, self.config.marketo.poll_interval)
                 self.store.set_chunk(chunk_id, marketo_status=status.status, processed=status.processed,
@@ -777,6 +883,12 @@ class Daemon:
         archived = self._archive(row, inbox)
         self.store.set_file(row.id, FileState.DONE, finished_at=doc["finishedAt"], archived_to=archived)
         shutil.rmtree(self._work_dir(row.id), ignore_errors=True)
+        self.metrics.file_finished(
+            doc["status"],
+            rows_processed=doc["rowsProcessed"],
+            rows_failed=doc["rowsFailed"],
+            rows_warned=doc["rowsWithWarning"],
+        )
         log.info(
             "file_finished",
             file_id=row.id,

@@ -248,6 +248,15 @@ class Tracker:
         old.marker_present = marker_present
         return False
 
+    def waiting(self, now: float) -> tuple[int, float | None]:
+        """How many files are waiting to become ready, and when the longest-waiting was first seen as it is now."""
+        since = [
+            seen.first_seen
+            for path, seen in self._seen.items()
+            if not is_ignored_name(path.rpartition("/")[2], self.marker_suffixes)
+        ]
+        return len(since), min(since, default=None)
+
     def forget(self, path: str) -> None:
         """Drop what is known about a path (it was claimed, or it disappeared)."""
         self._seen.pop(path, None)

@@ -256,13 +256,9 @@ class Store:
             db.execute("DELETE FROM files WHERE id=? AND state=?", (file_id, FileState.CLAIMING))
 
     def set_file(self, file_id: int, state: FileState | None = None, **fields: Any) -> None:
+        """Update a file's fields and, if given, move it to ``state`` (checked against ``jobs``)."""
         with self.transaction() as db:
-            if state is not None:
-                old = FileState(db.execute("SELECT state FROM files WHERE id=?", (file_id,)).fetchone()[0])
-                if old != state:
-                    check_file_transition(old, state)
-                fields["state"] = state
-            self._update(db, "files", file_id, fields)
+            self._set(db, "files", file_id, state, fields)
 
     def add_note(self, file_id: int, note: str) -> None:
         with self.transaction() as db:
@@ -290,11 +286,10 @@ class Store:
 
     # ---- chunks -----------------------------------------------------------
 
-    def add_chunks(self, file_id: int, chunks: Sequence[NewChunk], *, list_id: int | None, **file_fields: Any) -> None:
+    def add_chunks(self, file_id: int, chunks: Sequence[NewChunk], **file_fields: Any) -> None:
         """Record a file's chunks and move it to ``split``, in one transaction."""
         with self.transaction() as db:
-            old = FileState(db.execute("SELECT state FROM files WHERE id=?", (file_id,)).fetchone()[0])
-            check_file_transition(old, FileState.SPLIT)
+            self._set(db, "files", file_id, FileState.SPLIT, file_fields)
             db.executemany(
                 "INSERT INTO chunks (file_id, idx, path, first_line, last_line, rows, size, state)"
                 " VALUES (?,?,?,?,?,?,?,?)",
@@ -303,17 +298,11 @@ class Store:
                     for c in chunks
                 ],
             )
-            file_fields["state"] = FileState.SPLIT
-            self._update(db, "files", file_id, file_fields)
 
     def set_chunk(self, chunk_id: int, state: ChunkState | None = None, **fields: Any) -> None:
+        """Update a chunk's fields and, if given, move it to ``state`` (checked against ``jobs``)."""
         with self.transaction() as db:
-            if state is not None:
-                old = ChunkState(db.execute("SELECT state FROM chunks WHERE id=?", (chunk_id,)).fetchone()[0])
-                if old != state:
-                    check_chunk_transition(old, state)
-                fields["state"] = state
-            self._update(db, "chunks", chunk_id, fields)
+            self._set(db, "chunks", chunk_id, state, fields)
 
     def chunk(self, chunk_id: int) -> ChunkRow:
         return _chunk_row(self._db.execute("SELECT * FROM chunks WHERE id=?", (chunk_id,)).fetchone())
@@ -333,6 +322,19 @@ class Store:
             key = outcome if state == FileState.DONE and outcome else state
             out[key] = out.get(key, 0) + n
         return out
+
+    def _set(
+        self, db: sqlite3.Connection, table: str, row_id: int, state: FileState | ChunkState | None, fields: dict[str, Any]
+    ) -> None:
+        if state is not None:
+            old = db.execute(f"SELECT state FROM {table} WHERE id=?", (row_id,)).fetchone()[0]  # noqa: S608
+            if old != state:
+                if table == "files":
+                    check_file_transition(FileState(old), FileState(state))
+                else:
+                    check_chunk_transition(ChunkState(old), ChunkState(state))
+            fields["state"] = state
+        self._update(db, table, row_id, fields)
 
     @staticmethod
     def _update(db: sqlite3.Connection, table: str, row_id: int, fields: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from dropzone import watching
 from dropzone.simulator import Simulator
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, wait_until
 from tests.sftp_server import BUFFER, SftpServer, kill, sftp_server
@@ -53,7 +54,7 @@ def sftp(tmp_path: Path) -> Iterator[SftpServer]:
         yield server
 
 
-def write_config(tmp_path: Path, base_url: str) -> Path:
+def write_config(tmp_path: Path, base_url: str, quiet_period: float = QUIET_PERIOD) -> Path:
     for name in ("inbox", "outbox", "archive"):
         (tmp_path / name).mkdir(exist_ok=True)
     path = tmp_path / "dropzone.yaml"
@@ -71,7 +72,7 @@ inboxes:
   - path: inbox
     outbox: outbox
     archive: archive
-    quiet_period: {QUIET_PERIOD}
+    quiet_period: {quiet_period}
     stale_partial_after: {STALE_AFTER}
     scan_interval: 0.5
     routes:
@@ -83,9 +84,9 @@ inboxes:
 
 
 @contextmanager
-def daemon(tmp_path: Path, sim: Simulator) -> Iterator[Path]:
+def daemon(tmp_path: Path, sim: Simulator, quiet_period: float = QUIET_PERIOD) -> Iterator[Path]:
     """A ``dropzone run`` subprocess on ``tmp_path``'s inbox; yields its log; SIGTERM must end it with 0."""
-    config = write_config(tmp_path, sim.base_url)
+    config = write_config(tmp_path, sim.base_url, quiet_period)
     log = tmp_path / "daemon.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -150,7 +151,8 @@ def assert_imported_once_and_whole(sim: Simulator, *files: bytes) -> None:
 
 
 def archived(tmp_path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(tmp_path / "archive")): p.read_bytes() for p in (tmp_path / "archive").rglob("*") if p.is_file()}
+    root = tmp_path / "archive"
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def inbox_files(tmp_path: Path) -> list[str]:
@@ -265,6 +267,36 @@ def test_in_place_throttled_upload_is_taken_only_when_finished(tmp_path, simulat
     assert inbox_files(tmp_path) == []
 
 
+def test_in_place_upload_stalling_longer_than_the_quiet_period_is_held_back_while_open(tmp_path, simulator, sftp):
+    """(a) Stalls of ~1.3 s against a 0.3 s quiet period: only the open-for-write check stops an early claim.
+
+    The daemon can see the sftp-server's write descriptor when it runs as the
+    same user as sshd's session (or as root); where it cannot, the quiet
+    period alone must exceed the longest stall.
+    """
+    data = leads("s", 400, pad=200)[: 3 * BUFFER + 1000]
+    data = data[: data.rfind(b"\n") + 1]
+    assert 3 * BUFFER < len(data) < 4 * BUFFER  # four writes, ~1.3 s apart at 200 kbit/s
+    source = tmp_path / "s.csv"
+    source.write_bytes(data)
+    target = sftp.inbox / "leads_s.csv"
+    with daemon(tmp_path, simulator, quiet_period=0.3) as log:
+        proc = sftp.start([f"put {source} leads_s.csv"], limit_kbit=200)
+        try:
+            wait_until(lambda: target.exists() and target.stat().st_size > 0, timeout=20)
+            if not watching.is_open_for_writing(target):
+                pytest.skip("this process cannot see sshd's open file descriptors (/proc), nor can the daemon")
+        finally:
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        done = wait_for_statuses(tmp_path, 1, log)
+        held = [e for e in events(log, "file_still_open") if e["file"] == "leads_s.csv"]
+    assert held, "the quiet period passed during a stall but the daemon never found the file open"
+    assert done["leads_s.csv.status.json"]["status"] == "Complete"
+    assert len(simulator.submissions()) == 1
+    assert_imported_once_and_whole(simulator, data)
+
+
 def test_filepart_then_rename_is_imported_once_under_the_final_name(tmp_path, simulator, sftp):
     """(b) WinSCP's convention with the stock client: ``put NAME.filepart``, then ``rename``."""
     data = leads("b", 3_000, pad=200)
@@ -288,7 +320,7 @@ def test_filepart_then_rename_is_imported_once_under_the_final_name(tmp_path, si
 
 
 def test_killed_filepart_upload_is_never_imported_and_reported_abandoned(tmp_path, simulator, sftp):
-    """(c) The client SIGKILLed halfway through ``put NAME.filepart``: nothing imported, the partial stays, a warning."""
+    """(c) The client SIGKILLed halfway through ``put NAME.filepart``: nothing imported, it stays, a warning."""
     data = leads("c", 6_000, pad=200)
     source = tmp_path / "c.csv"
     source.write_bytes(data)
