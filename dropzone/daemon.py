@@ -387,7 +387,26 @@ class Daemon:
                 busy |= self._maybe_claim(state, rel, now)
             for stale in state.tracker.take_stale(now, after=state.inbox.stale_partial_after):
                 log.warning("upload_abandoned", inbox=str(state.inbox.path), file=stale.path, reason=stale.message)
+                self._report_stale(state.inbox, stale)
         return busy
+
+    def _report_stale(self, inbox: Inbox, stale: readiness.StaleUpload) -> None:
+        """Tell the partner about an upload that looks abandoned; the file itself is left where it is."""
+        doc = {
+            "schemaVersion": outbox.SCHEMA_VERSION,
+            "file": stale.path,
+            "status": "Abandoned",
+            "kind": str(stale.kind),
+            "message": stale.message,
+            "unchangedForSeconds": round(stale.unchanged_for),
+            "detectedAt": _utc_now(),
+            "dropzoneVersion": __version__,
+        }
+        try:
+            outbox.atomic_write(inbox.outbox / f"{stale.path}.abandoned.json",
+                                (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
+        except OSError as exc:
+            log.error("outbox_write_failed", file=stale.path, error=str(exc))
 
     def _scan(self, state: _InboxState, now: float) -> None:
         state.next_scan = now + state.inbox.scan_interval

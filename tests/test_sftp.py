@@ -97,7 +97,8 @@ def daemon(tmp_path: Path, sim: Simulator, quiet_period: float = QUIET_PERIOD) -
         )
     ok = False
     try:
-        wait_until(lambda: '"daemon_started"' in log.read_text(), timeout=20)
+        wait_until(lambda: '"daemon_started"' in log.read_text() or proc.poll() is not None, timeout=20)
+        assert proc.poll() is None, f"the daemon exited {proc.returncode} at start:\n{log.read_text()[-4000:]}"
         yield log
         ok = True
     finally:
@@ -334,6 +335,8 @@ def test_killed_filepart_upload_is_never_imported_and_reported_abandoned(tmp_pat
     assert "abandoned" in warning["reason"]
     assert simulator.submissions() == []
     assert statuses(tmp_path) == {}
+    report = json.loads((tmp_path / "outbox" / "leads_c.csv.filepart.abandoned.json").read_text())
+    assert (report["status"], report["kind"], report["file"]) == ("Abandoned", "partial", "leads_c.csv.filepart")
     assert not events(log, "file_claimed")
     assert inbox_files(tmp_path) == ["leads_c.csv.filepart"]
     assert (sftp.inbox / "leads_c.csv.filepart").stat().st_size == size
