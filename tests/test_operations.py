@@ -128,6 +128,9 @@ def test_notify_metrics_reload_and_stop(tmp_path, sim_config):
                 assert seen[("dropzone_api_calls_total", (("code", "ok"), ("endpoint", "status")))] == len(statuses)
                 assert seen[("dropzone_rows_imported_total", ())] == len(sim.imported_rows()) == 30
                 assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200
+                probe = subprocess.run([sys.executable, "-m", "dropzone", "health", "--config", str(config)],
+                                       capture_output=True, text=True, timeout=30)
+                assert probe.returncode == 0, probe.stdout + probe.stderr
 
                 # Reload: a second inbox appears; an invalid file afterwards is refused and the old config kept.
                 config.write_text(config.read_text() + f"""
@@ -143,17 +146,22 @@ def test_notify_metrics_reload_and_stop(tmp_path, sim_config):
                 (tmp_path / "inbox2" / "leads_new.csv").write_text("email\nnew@example.com\n")
                 wait_until(lambda: (tmp_path / "outbox2" / "leads_new.csv.status.json").exists(), timeout=20)
 
-                config.write_text(config.read_text().replace("object: leads", "object: lead"))
+                valid = config.read_text()
+                config.write_text(valid.replace("object: leads", "object: lead"))
                 mark = len(notes.drain())
                 proc.send_signal(signal.SIGHUP)
                 notes.wait_for("READY=1", after=notes.wait_for("RELOADING=1", after=mark))
                 wait_until(lambda: "reload_refused_keeping_old_config" in (tmp_path / "daemon.log").read_text(), 10)
                 (tmp_path / "inbox" / "leads_after.csv").write_text("email\nafter@example.com\n")
                 wait_until(lambda: (tmp_path / "outbox" / "leads_after.csv.status.json").exists(), timeout=20)
+                config.write_text(valid)
             finally:
                 mark = len(notes.drain())
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(timeout=10) == 0
             notes.wait_for("STOPPING=1", after=mark, timeout=5)
+            probe = subprocess.run([sys.executable, "-m", "dropzone", "health", "--config", str(config)],
+                                   capture_output=True, text=True, timeout=30)
+            assert probe.returncode == 1, "a stopped daemon is not healthy"
     finally:
         notes.close()
