@@ -686,7 +686,11 @@ class Daemon:
 
     def _submit_one(self, chunk: ChunkRow, row: FileRow) -> bool:
         """Submit one chunk; False when Marketo said to stop submitting for now."""
-        bound = dict(inbox=str(row.inbox), file=row.relpath, chunk=chunk.index)
+        # Bound for every event of this step, the client's retries included.
+        with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=chunk.index):
+            return self._submit_chunk(chunk, row)
+
+    def _submit_chunk(self, chunk: ChunkRow, row: FileRow) -> bool:
         self.store.set_chunk(chunk.id, ChunkState.SUBMITTING, submits=chunk.submits + 1)
         try:
             batch = self.client.submit(self._target(row), chunk.path, fmt=row.fmt or "csv")
@@ -697,16 +701,16 @@ class Daemon:
         except OutcomeUnknownError as exc:
             self.store.set_chunk(chunk.id, ChunkState.PENDING, resubmits=chunk.resubmits + 1)
             self.store.add_note(row.id, RESUBMIT_NOTE.format(index=chunk.index, why=str(exc)))
-            log.warning("submit_outcome_unknown", **bound, error=str(exc))
+            log.warning("submit_outcome_unknown", error=str(exc))
             return True
         except RejectedError as exc:
             self.store.set_chunk(chunk.id, ChunkState.ERROR, error=str(exc))
-            log.warning("submit_rejected", **bound, code=exc.code, error=str(exc))
+            log.warning("submit_rejected", code=exc.code, error=str(exc))
             return True
         except OSError as exc:
             # The chunk file could not be read (state_dir damaged?): nothing was sent.
             self.store.set_chunk(chunk.id, ChunkState.ERROR, error=f"chunk {chunk.index} could not be read: {exc}")
-            log.error("chunk_unreadable", **bound, error=str(exc))
+            log.error("chunk_unreadable", error=str(exc))
             return True
         except MarketoError as exc:
             self.store.set_chunk(chunk.id, ChunkState.PENDING)
@@ -724,7 +728,7 @@ class Daemon:
         self._polls[chunk.id] = _Poll(
             batch_id=batch.batch_id, due=now + jobs.poll_delay(0, self.config.marketo.poll_interval), last_polled=now
         )
-        log.info("import_submitted", **bound, batchId=batch.batch_id, rows=chunk.rows, bytes=chunk.size)
+        log.info("import_submitted", batchId=batch.batch_id, rows=chunk.rows, bytes=chunk.size)
         return True
 
     def _pause_after(self, exc: MarketoError, row: FileRow | None = None) -> None:
@@ -757,45 +761,43 @@ class Daemon:
         busy = False
         plans = [jobs.PollPlan(cid, p.batch_id, p.due, p.last_polled) for cid, p in self._polls.items()]
         for chunk_id in jobs.polls_due(plans, now):
-            poll = self._polls[chunk_id]
-            poll.last_polled = now
+            self._polls[chunk_id].last_polled = now
             chunk = self.store.chunk(chunk_id)
             if chunk.state is not ChunkState.SUBMITTED:
                 self._polls.pop(chunk_id, None)
                 continue
             row = self.store.file(chunk.file_id)
             busy = True
-            try:
-                status = self.client.status(self._target(row), int(chunk.batch_id or 0))
-            except RejectedError as exc:
-                self._polls.pop(chunk_id, None)
-                self.store.set_chunk(chunk_id, ChunkState.ERROR, error=str(exc))
-                continue
-            except MarketoError as exc:
-                poll.due = self.clock() + self.config.marketo.poll_interval
-                if isinstance(exc, (QuotaExceededError, AuthError)):
-                    self._pause_after(exc)
-                continue
-            poll.polls += 1
-            self.metrics.poll_succeeded()
-            if not status.is_finished:
-                poll.due = self.clock() + jobs.poll_delay(poll.polls, self.config.marketo.poll_interval)
-                self.store.set_chunk(chunk_id, marketo_status=status.status, processed=status.processed,
-                                     failed=status.failed, warned=status.warned)
-                continue
-            self._polls.pop(chunk_id, None)
-            self.store.set_chunk(
-                chunk_id,
-                ChunkState.FETCHING,
-                marketo_status=status.status,
-                processed=status.processed,
-                failed=status.failed,
-                warned=status.warned,
-                message=status.message,
-            )
-            log.info("import_finished", file=row.relpath, chunk=chunk.index, batchId=chunk.batch_id,
-                     status=status.status, processed=status.processed, failed=status.failed, warned=status.warned)
+            with structlog.contextvars.bound_contextvars(
+                inbox=str(row.inbox), file=row.relpath, chunk=chunk.index, batchId=chunk.batch_id
+            ):
+                self._poll_one(chunk, row)
         return busy
+
+    def _poll_one(self, chunk: ChunkRow, row: FileRow) -> None:
+        poll = self._polls[chunk.id]
+        try:
+            status = self.client.status(self._target(row), int(chunk.batch_id or 0))
+        except RejectedError as exc:
+            self._polls.pop(chunk.id, None)
+            self.store.set_chunk(chunk.id, ChunkState.ERROR, error=str(exc))
+            log.warning("poll_rejected", code=exc.code, error=str(exc))
+            return
+        except MarketoError as exc:
+            poll.due = self.clock() + self.config.marketo.poll_interval
+            if isinstance(exc, (QuotaExceededError, AuthError)):
+                self._pause_after(exc)
+            return
+        poll.polls += 1
+        self.metrics.poll_succeeded()
+        counts = dict(processed=status.processed, failed=status.failed, warned=status.warned)
+        if not status.is_finished:
+            poll.due = self.clock() + jobs.poll_delay(poll.polls, self.config.marketo.poll_interval)
+            self.store.set_chunk(chunk.id, marketo_status=status.status, **counts)
+            return
+        self._polls.pop(chunk.id, None)
+        self.store.set_chunk(chunk.id, ChunkState.FETCHING, marketo_status=status.status, message=status.message, **counts)
+        log.info("import_finished", status=status.status, **counts)
 
     def _fetch(self) -> bool:
         if self.clock() < self._api_paused_until:
