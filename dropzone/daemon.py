@@ -346,18 +346,17 @@ class Daemon:
                 # The rename never happened: the file is still in the inbox
                 # (and will be found again) or is gone.
                 self.store.forget_claim(row.id)
-        for chunk in self.store.chunks([ChunkState.SUBMITTING]):
-            action = jobs.recovery_action(chunk.state)
-            assert action is jobs.RecoveryAction.RESUBMIT
-            self.store.set_chunk(chunk.id, ChunkState.PENDING, resubmits=chunk.resubmits + 1)
-            self.store.add_note(
-                chunk.file_id,
-                RESUBMIT_NOTE.format(index=chunk.index, why="dropzone stopped between the upload and its answer"),
-            )
-            log.warning("chunk_resubmitting_after_crash", file_id=chunk.file_id, chunk=chunk.index)
         now = self.clock()
-        for chunk in self.store.chunks([ChunkState.SUBMITTED]):
-            self._polls[chunk.id] = _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now)
+        for chunk in self.store.chunks([ChunkState.SUBMITTING, ChunkState.SUBMITTED]):
+            match jobs.recovery_action(chunk.state):
+                case jobs.RecoveryAction.RESUBMIT:
+                    self.store.set_chunk(chunk.id, ChunkState.PENDING, resubmits=chunk.resubmits + 1)
+                    why = "dropzone stopped between the upload and its answer"
+                    self.store.add_note(chunk.file_id, RESUBMIT_NOTE.format(index=chunk.index, why=why))
+                    log.warning("chunk_resubmitting_after_crash", file_id=chunk.file_id, chunk=chunk.index)
+                case jobs.RecoveryAction.POLL:
+                    self._polls[chunk.id] = _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now)
+        # Chunks in FETCHING are picked up by _fetch as they are.
 
     # ---- intake -----------------------------------------------------------
 
@@ -376,13 +375,10 @@ class Daemon:
                 state.next_scan = 0.0
             if now >= state.next_scan:
                 self._scan(state, now)
-            for rel in touched.get(state.inbox.path, ()):
+            # Every candidate is looked at again, not only those events named:
+            # readiness needs a second look after the quiet period, and events may never come.
+            for rel in touched.get(state.inbox.path, set()) | set(state.tracker):
                 self._look(state, rel, now)
-            # Look again at every candidate: readiness needs a second look
-            # after the quiet period, and events may never come.
-            for rel in state.tracker:
-                if rel not in touched.get(state.inbox.path, ()):
-                    self._look(state, rel, now)
             for rel in state.tracker:
                 busy |= self._maybe_claim(state, rel, now)
             for stale in state.tracker.take_stale(now, after=state.inbox.stale_partial_after):
