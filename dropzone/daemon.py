@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -242,11 +243,7 @@ class Daemon:
     def is_idle(self) -> bool:
         in_flight = self.store.files([FileState.CLAIMING, FileState.CLAIMED, FileState.SPLIT, FileState.FINISHING])
         now = self.clock()
-        waiting = any(
-            s.tracker.is_ready(p, now).readiness is not readiness.Readiness.IGNORED
-            for s in self.inboxes.values()
-            for p in s.tracker
-        )
+        waiting = any(s.tracker.waiting(now)[0] for s in self.inboxes.values())
         return not in_flight and not waiting
 
     def _idle(self) -> None:
@@ -399,8 +396,7 @@ class Daemon:
             "dropzoneVersion": __version__,
         }
         try:
-            outbox.atomic_write(inbox.outbox / f"{stale.path}.abandoned.json",
-                                (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
+            outbox.atomic_write(inbox.outbox / f"{stale.path}.abandoned.json", outbox.json_bytes(doc))
         except OSError as exc:
             log.error("outbox_write_failed", file=stale.path, error=str(exc))
 
@@ -450,19 +446,30 @@ class Daemon:
             state.tracker.observe(rel, size=-1, mtime_ns=0, inode=0, now=now)  # restart the quiet period
             log.info("file_still_open", inbox=str(state.inbox.path), file=rel)
             return False
+        expected = state.tracker.stat_of(rel)
         state.tracker.forget(rel)
-        self._claim(state, rel)
+        self._claim(state, rel, expected)
         return True
 
-    def _claim(self, state: _InboxState, rel: str) -> None:
+    def _claim(self, state: _InboxState, rel: str, expected: readiness.FileStat | None) -> None:
         inbox = state.inbox
         source = inbox.path / rel
         try:
             st = os.lstat(source)
         except OSError:
             return
-        # Flat, unique names: no folders to create (each would be one more inotify watch).
-        target = inbox.processing_dir / f"{uuid.uuid4().hex[:16]}-{Path(rel).name}"
+        now_stat = readiness.FileStat(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+        if not stat.S_ISREG(st.st_mode):
+            log.warning("not_a_regular_file_skipped", inbox=str(inbox.path), file=rel)
+            return
+        if now_stat != expected:
+            # Replaced by a new upload since readiness looked: the next look
+            # starts a new quiet period for what is there now.
+            log.info("file_changed_before_claim", inbox=str(inbox.path), file=rel)
+            return
+        # Flat, unique, short names: no folders to create (each would be one more
+        # inotify watch) and no partner name that could exceed NAME_MAX with a prefix.
+        target = inbox.processing_dir / uuid.uuid4().hex
         file_id = self.store.begin_claim(
             inbox=inbox.path, relpath=rel, processing_path=target, size=st.st_size, received_at=_utc_now()
         )
@@ -493,7 +500,7 @@ class Daemon:
                     # The work area (state_dir) is full or unwritable: keep the
                     # file claimed and try again later; never reject good data for it.
                     log.error("split_failed_will_retry", error=str(exc))
-                    return False
+                    busy = False
                 except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
                     # A bug, not the partner's fault; rejecting beats crash-looping on the same file.
                     log.exception("file_failed_internal_error")
@@ -524,7 +531,9 @@ class Daemon:
         work = self._work_dir(row.id)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        stem = Path(row.relpath).name
+        # Chunk files get plain ASCII names: the partner's name may not be UTF-8,
+        # and Marketo sees the chunk's name as the upload's file name.
+        stem = f"chunk.{fmt.value}"
 
         @contextlib.contextmanager
         def open_chunk(index: int) -> Iterator[BinaryIO]:
@@ -534,9 +543,14 @@ class Daemon:
                 os.fsync(handle.fileno())
 
         try:
-            fd = os.open(row.processing_path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO swapped in at the last moment must not hang the daemon.
+            fd = os.open(row.processing_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             raise InputError(f"{row.relpath}: cannot be read ({exc.strerror}); nothing was imported") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InputError(f"{row.relpath}: not a regular file; nothing was imported")
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as source:
             result = splitting.split(
                 source, open_chunk, fmt=fmt.value, max_bytes=self.config.split_max_bytes, encoding=route.encoding
@@ -578,6 +592,8 @@ class Daemon:
         if result.bom_stripped:
             notes.append("a UTF-8 byte order mark was removed from the header")
         fields = result.header_fields
+        if not any(name.strip() for name in fields):
+            raise InputError(f"{outbox.printable(row.relpath)}: line 1 is empty; the first line must be the header", line=1)
         padded = [name for name in fields if name != name.strip()]
         if padded:
             if not route.trim_header:
@@ -687,9 +703,22 @@ class Daemon:
             return self._submit_chunk(chunk, row)
 
     def _submit_chunk(self, chunk: ChunkRow, row: FileRow) -> bool:
-        self.store.set_chunk(chunk.id, ChunkState.SUBMITTING, submits=chunk.submits + 1)
+        attempts = 0
+
+        def record_intent() -> None:
+            # Saved right before the bytes go out (not before waiting for a token or
+            # the rate window): only a crash from here on is the ambiguous window.
+            nonlocal attempts
+            attempts += 1
+            self.store.set_chunk(chunk.id, ChunkState.SUBMITTING, submits=chunk.submits + attempts)
+
+        def clear_intent() -> None:
+            self.store.set_chunk(chunk.id, ChunkState.PENDING)
+
         try:
-            batch = self.client.submit(self._target(row), chunk.path, fmt=row.fmt or "csv")
+            batch = self.client.submit(
+                self._target(row), chunk.path, fmt=row.fmt or "csv", before_send=record_intent, not_executed=clear_intent
+            )
         except Interrupted:
             # We were waiting between attempts: nothing is in flight.
             self.store.set_chunk(chunk.id, ChunkState.PENDING)
@@ -700,6 +729,11 @@ class Daemon:
             log.warning("submit_outcome_unknown", error=str(exc))
             return True
         except RejectedError as exc:
+            if exc.endpoint == "identity":
+                # Identity, not the import, refused: the configuration is wrong, not this chunk.
+                self.store.set_chunk(chunk.id, ChunkState.PENDING)
+                self._pause_after(AuthError(str(exc), code=exc.code, endpoint=exc.endpoint), row)
+                return False
             self.store.set_chunk(chunk.id, ChunkState.ERROR, error=str(exc))
             log.warning("submit_rejected", code=exc.code, error=str(exc))
             return True
@@ -896,7 +930,7 @@ class Daemon:
             warnings_file=written["warnings"],
             version=__version__,
         )
-        outbox.atomic_write(out_dir / status_name, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
+        outbox.atomic_write(out_dir / status_name, outbox.json_bytes(doc))
         archived = self._archive(row, inbox)
         self.store.set_file(row.id, FileState.DONE, finished_at=doc["finishedAt"], archived_to=archived)
         shutil.rmtree(self._work_dir(row.id), ignore_errors=True)

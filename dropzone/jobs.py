@@ -66,7 +66,7 @@ FILE_TRANSITIONS: dict[FileState, frozenset[FileState]] = {
 }
 
 CHUNK_TRANSITIONS: dict[ChunkState, frozenset[ChunkState]] = {
-    ChunkState.PENDING: frozenset({ChunkState.SUBMITTING}),
+    ChunkState.PENDING: frozenset({ChunkState.SUBMITTING, ChunkState.ERROR}),
     ChunkState.SUBMITTING: frozenset({ChunkState.SUBMITTED, ChunkState.PENDING, ChunkState.ERROR}),
     ChunkState.SUBMITTED: frozenset({ChunkState.FETCHING, ChunkState.ERROR}),
     ChunkState.FETCHING: frozenset({ChunkState.DONE}),

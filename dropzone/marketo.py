@@ -277,8 +277,23 @@ class MarketoClient:
 
     # ---- public API -------------------------------------------------------
 
-    def submit(self, target: ImportTarget, path: Path, *, fmt: str) -> BatchStatus:
+    def submit(
+        self,
+        target: ImportTarget,
+        path: Path,
+        *,
+        fmt: str,
+        before_send: Callable[[], None] | None = None,
+        not_executed: Callable[[], None] | None = None,
+    ) -> BatchStatus:
         """Create an import job from the file at ``path`` (streamed from disk).
+
+        ``before_send`` runs right before each attempt's request goes out, after
+        the token and the rate window; ``not_executed`` runs when an attempt was
+        answered with an error that means Marketo did not run it (6xx, 5xx, a
+        refused connection), before the client waits to retry. The journal
+        records the intent in the first and clears it in the second, so time
+        spent waiting is never mistaken for an upload in flight.
 
         Raises:
             QueueFullError, ListBusyError: Marketo's queue or the target list is busy; try later.
@@ -296,7 +311,13 @@ class MarketoClient:
             return MultipartEncoder(fields={"file": (path.name, handle, "text/csv")}), stack
 
         data = self._call(
-            "POST", target.submit_path(), Endpoint.IMPORT, params=target.query(fmt), body=body
+            "POST",
+            target.submit_path(),
+            Endpoint.IMPORT,
+            params=target.query(fmt),
+            body=body,
+            before_send=before_send,
+            not_executed=not_executed,
         )
         return _parse_batch(data, Endpoint.IMPORT)
 
@@ -420,6 +441,8 @@ class MarketoClient:
         params: Mapping[str, str] | None = None,
         body: Callable[[], tuple[MultipartEncoder, contextlib.ExitStack]] | None = None,
         file: bool = False,
+        before_send: Callable[[], None] | None = None,
+        not_executed: Callable[[], None] | None = None,
     ) -> Any:
         deadline = self._clock() + self.settings.max_retry_seconds
         attempt = 0
@@ -427,8 +450,12 @@ class MarketoClient:
         while True:
             token = self._get_token()
             try:
-                return self._exchange(method, path, endpoint, token, params=params, body=body, file=file)
+                return self._exchange(
+                    method, path, endpoint, token, params=params, body=body, file=file, before_send=before_send
+                )
             except _TokenRefused as refused:
+                if not_executed is not None:
+                    not_executed()
                 self._drop_token(token)
                 auth_retries += 1
                 if auth_retries > MAX_AUTH_RETRIES:
@@ -439,6 +466,8 @@ class MarketoClient:
                         endpoint=endpoint,
                     ) from None
             except (TransientError, ThrottledError) as exc:
+                if not_executed is not None:
+                    not_executed()
                 if exc.code == "606":
                     # Somebody (maybe another integration) filled the 20 s
                     # window: hold every call back until it has rolled over.
@@ -473,6 +502,7 @@ class MarketoClient:
         params: Mapping[str, str] | None,
         body: Callable[[], tuple[MultipartEncoder, contextlib.ExitStack]] | None,
         file: bool,
+        before_send: Callable[[], None] | None = None,
     ) -> Any:
         self._acquire_rate_slot()
         started = self._clock()
@@ -485,6 +515,8 @@ class MarketoClient:
                 stack.enter_context(files)
                 data = encoder
                 headers["Content-Type"] = encoder.content_type
+            if before_send is not None:
+                before_send()
             try:
                 with self._translate(endpoint, method, path, idempotent=method == "GET"):
                     resp = self._session.request(

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -27,6 +29,30 @@ from typing import Any
 SCHEMA_VERSION = 1
 SOURCE_LINE_COLUMN = "Source Line"
 DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
+
+
+def printable(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 (partner file names) shown as ``\\xff`` escapes.
+
+    Python keeps such bytes in ``str`` as lone surrogates, which neither JSON
+    files nor SQLite can hold.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _printable_doc(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(k): _printable_doc(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable_doc(v) for v in value]
+    return value
+
+
+def json_bytes(doc: dict[str, Any]) -> bytes:
+    """A JSON document as UTF-8 bytes, whatever bytes the partner's file names hold."""
+    return (json.dumps(_printable_doc(doc), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def atomic_write(target: Path, data: bytes) -> None:
@@ -55,12 +81,33 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+#: Longest file name most filesystems take (bytes).
+NAME_MAX = 255
+#: Room kept for ".<stamp>-N.failures.csv" after a shortened name.
+_SUFFIX_ROOM = 48
+
+
 def result_names(relpath: str, ext: str) -> tuple[str, str, str]:
     return f"{relpath}.status.json", f"{relpath}.failures.{ext}", f"{relpath}.warnings.{ext}"
 
 
+def _fit(relpath: str) -> str:
+    """``relpath`` with its last part shortened (and made unique by a hash) if result names would not fit."""
+    folder, _, name = relpath.rpartition("/")
+    raw = os.fsencode(name)
+    if len(raw) + _SUFFIX_ROOM <= NAME_MAX:
+        return relpath
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    short = raw[: NAME_MAX - _SUFFIX_ROOM - 14].decode("utf-8", "ignore") + f"~{digest}"
+    return f"{folder}/{short}" if folder else short
+
+
 def choose_stem(outbox: Path, relpath: str, ext: str, stamp: str) -> str:
-    """``relpath``, or ``relpath.<stamp>`` when earlier results under that name are still uncollected."""
+    """``relpath``, or ``relpath.<stamp>`` when earlier results under that name are still uncollected.
+
+    A name too long for result suffixes is shortened first (with a hash, so two long names do not collide).
+    """
+    relpath = _fit(relpath)
     if any((outbox / name).exists() for name in result_names(relpath, ext)):
         stem = f"{relpath}.{stamp}"
         n = 1

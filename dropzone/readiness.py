@@ -248,12 +248,20 @@ class Tracker:
         old.marker_present = marker_present
         return False
 
+    def stat_of(self, path: str) -> FileStat | None:
+        """The (size, mtime, inode) the last look found: what a claim must still find."""
+        seen = self._seen.get(path)
+        return seen.stat if seen else None
+
     def waiting(self, now: float) -> tuple[int, float | None]:
-        """How many files are waiting to become ready, and when the longest-waiting was first seen as it is now."""
+        """How many files are waiting to become ready, and when the longest-waiting was first seen as it is now.
+
+        Files already reported as abandoned (``take_stale``) no longer count: nothing is expected of them.
+        """
         since = [
             seen.first_seen
             for path, seen in self._seen.items()
-            if not is_ignored_name(path.rpartition("/")[2], self.marker_suffixes)
+            if not seen.stale_reported and not is_ignored_name(path.rpartition("/")[2], self.marker_suffixes)
         ]
         return len(since), min(since, default=None)
 

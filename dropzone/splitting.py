@@ -524,6 +524,12 @@ class _Splitter:
                     raise SplitError("the file is empty")
                 if _Quotes(data).open_line >= 0:
                     raise SplitError("line 1: the header has a quote that is never closed", line=1)
+                if b"\r" in data.rstrip(b"\r"):
+                    raise SplitError(
+                        "the file has no line feeds, only carriage returns (old Mac line endings): "
+                        "save it with LF or CRLF line endings",
+                        line=1,
+                    )
                 raise SplitError("the file has a header line but no data records", line=1)
             if len(data) > self.max_bytes:
                 hint = ""

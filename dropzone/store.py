@@ -197,6 +197,9 @@ class Store:
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"the journal {state_dir / DB_NAME} is unusable: {exc}") from None
+        except StoreError:
+            self.close()
+            raise
 
     def _take_lock(self) -> None:
         fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -342,6 +345,9 @@ class Store:
             return
         values = []
         for name, value in fields.items():
+            if isinstance(value, str):
+                # Messages may quote a partner's file name with bytes that are not UTF-8.
+                value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             if name in _FILE_JSON:
                 value = json.dumps(value) if value is not None else None
             elif name in _PATH_FIELDS:

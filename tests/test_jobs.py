@@ -30,6 +30,7 @@ class TestTransitions:
             (ChunkState.SUBMITTED, ChunkState.PENDING),  # resubmitting a batch Marketo has
             (ChunkState.DONE, ChunkState.PENDING),
             (ChunkState.ERROR, ChunkState.SUBMITTING),
+            (ChunkState.FETCHING, ChunkState.SUBMITTING),
         ],
     )
     def test_dangerous_chunk_moves_are_refused(self, old, new):

@@ -438,3 +438,33 @@ class TestLimiter:
             client.status(LEADS, submitted.batch_id)
         assert fake_time.now - start >= 60.0
         assert len([c for c in simulator.calls() if c["code"] == "606"]) == 0
+
+
+class TestIntentHooks:
+    def test_intent_is_recorded_before_sending_and_cleared_when_not_executed(self, simulator, client, tmp_path):
+        """The journal hooks see: send, refused (606, not executed), send again; waits happen outside 'send'."""
+        simulator.inject("606", endpoint="import")
+        events: list[str] = []
+        client.submit(
+            LEADS,
+            write(tmp_path, "leads.csv", LEADS_CSV),
+            fmt="csv",
+            before_send=lambda: events.append("send"),
+            not_executed=lambda: events.append("not executed"),
+        )
+        assert events == ["send", "not executed", "send"]
+        assert len(simulator.submissions()) == 1
+
+    def test_a_lost_reply_leaves_the_intent_in_place(self, simulator, client, tmp_path):
+        """Outcome unknown: 'not executed' must not be called, the journal keeps 'submitting'."""
+        simulator.inject("reset", endpoint="import")
+        events: list[str] = []
+        with pytest.raises(errors.OutcomeUnknownError):
+            client.submit(
+                LEADS,
+                write(tmp_path, "leads.csv", LEADS_CSV),
+                fmt="csv",
+                before_send=lambda: events.append("send"),
+                not_executed=lambda: events.append("not executed"),
+            )
+        assert events == ["send"]

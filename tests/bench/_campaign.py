@@ -26,7 +26,7 @@ from typing import Any
 from dropzone.simulator import Simulator
 
 CLIENT_ID = "campaign"
-CLIENT_SECRET = "campaign-secret-never-logged"  # noqa: S105 (the simulator's, not a real secret)
+CLIENT_SECRET = "campaign-secret-never-logged"  # the simulator's, not a real secret
 KINDS = ("leads", "customobject", "programmember")
 
 

@@ -61,8 +61,12 @@ def run_campaign(
     drain_timeout: float | None = None,
     job_seconds: float = 0.3,
     progress: bool = False,
+    keep: bool = False,
 ) -> dict[str, Any]:
-    """Run the campaign; returns the figures and ``failures`` (empty when every check passed)."""
+    """Run the campaign; returns the figures and ``failures`` (empty when every check passed).
+
+    ``work_dir`` None: a temporary folder, removed afterwards unless a check failed or ``keep``.
+    """
     if not 0 <= kill_min <= kill_max:
         raise ValueError("need 0 <= kill_min <= kill_max")
     rng = random.Random(seed)
@@ -93,13 +97,15 @@ def run_campaign(
             before = started_count(log)
             spawned = time.monotonic()
             proc = start_daemon(config, log)
-            time.sleep(max(0.0, spawned + drop_at - time.monotonic()))
-            drop(work, staged)
-            time.sleep(max(0.0, spawned + kill_at - time.monotonic()))
-            if proc.poll() is not None:
-                failures.append(f"round {r}: daemon exited {proc.returncode} before its SIGKILL")
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            try:
+                time.sleep(max(0.0, spawned + drop_at - time.monotonic()))
+                drop(work, staged)
+                time.sleep(max(0.0, spawned + kill_at - time.monotonic()))
+                if proc.poll() is not None:
+                    failures.append(f"round {r}: daemon exited {proc.returncode} before its SIGKILL")
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
             kills += 1
             kills_after_start += started_count(log) > before
             if progress and (r + 1) % 10 == 0:
@@ -128,6 +134,9 @@ def run_campaign(
         "failures": failures,
         "work": str(work),
     }
+    if work_dir is None and not failures and not keep:
+        shutil.rmtree(work, ignore_errors=True)
+        result["work"] = None
     return result
 
 
@@ -160,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder even when all is well")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the daemon child is stopped rather than orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
         f"crash campaign: {args.rounds} rounds x {args.files_per_round} files, seed {args.seed}, "
         f"SIGKILL {args.kill_min}-{args.kill_max} s after spawn",
@@ -175,10 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         job_seconds=args.job_seconds,
         progress=True,
+        keep=args.keep,
     )
     print_figures(result)
-    if not result["failures"] and not args.keep:
-        shutil.rmtree(result["work"], ignore_errors=True)
     return 1 if result["failures"] else 0
 
 
