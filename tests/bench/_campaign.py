@@ -80,8 +80,9 @@ def write_config(
     split_max_bytes: int = 3000,
     scan_interval: float = 0.5,
     read_timeout: float = 10,
+    log_level: str = "info",
 ) -> Path:
-    """The daemon's configuration: one inbox, the three routes, JSON log at info level."""
+    """The daemon's configuration: one inbox, the three routes, JSON log lines."""
     for name in ("inbox", "outbox", "archive", "staging"):
         (work / name).mkdir(parents=True, exist_ok=True)
     path = work / "dropzone.yaml"
@@ -96,7 +97,7 @@ marketo:
   read_timeout: {read_timeout}
 state_dir: state
 split_max_bytes: {split_max_bytes}
-log: {{format: json, level: info}}
+log: {{format: json, level: {log_level}}}
 inboxes:
   - path: inbox
     outbox: outbox
