@@ -58,8 +58,8 @@ AUTH_PAUSE_S = 60.0
 
 RESUBMIT_NOTE = (
     "chunk {index} was submitted again: the reply to its first submission was lost "
-    "({why}), and Marketo offers no way to look the batch up; imports are upserts, "
-    "so rows may have been imported twice but not duplicated"
+    "({why}), and Marketo offers no way to look the batch up; its rows may have been "
+    "imported twice, which updates the same records again (imports are upserts)"
 )
 
 
