@@ -311,16 +311,16 @@ class Daemon:
             changes.append(f"inbox removed: {path}")
         now = self.clock()
         for inbox in new.inboxes:
-            state = self.inboxes.get(inbox.path)
-            if state is None:
-                state = self.inboxes[inbox.path] = self._inbox_state(inbox)
-                state.watcher.start()
+            current = self.inboxes.get(inbox.path)
+            if current is None:
+                current = self.inboxes[inbox.path] = self._inbox_state(inbox)
+                current.watcher.start()
                 changes.append(f"inbox added: {inbox.path}")
-            elif state.inbox != inbox:
-                state.inbox = inbox
-                state.tracker.quiet_period = inbox.quiet_period
+            elif current.inbox != inbox:
+                current.inbox = inbox
+                current.tracker.quiet_period = inbox.quiet_period
                 changes.append(f"inbox changed: {inbox.path}")
-            state.next_scan = now
+            current.next_scan = now
             self._retired.pop(inbox.path, None)
         if new.marketo != self.config.marketo:
             self.client.close()
@@ -660,7 +660,7 @@ class Daemon:
         if not pending:
             return False
         files = {row.id: row for row in self.store.files([FileState.SPLIT])}
-        busy_lists = {files[c.file_id].route.get("listId") for c in open_chunks if c.file_id in files}
+        busy_lists = {(files[c.file_id].route or {}).get("listId") for c in open_chunks if c.file_id in files}
         busy_lists |= {lid for lid, until in self._list_paused.items() if until > now}
         candidates = [
             jobs.Candidate(
@@ -819,7 +819,7 @@ class Daemon:
             return
         poll.polls += 1
         self.metrics.poll_succeeded()
-        counts = dict(processed=status.processed, failed=status.failed, warned=status.warned)
+        counts: dict[str, Any] = dict(processed=status.processed, failed=status.failed, warned=status.warned)
         if not status.is_finished:
             poll.due = self.clock() + jobs.poll_delay(poll.polls, self.config.marketo.poll_interval)
             self.store.set_chunk(chunk.id, marketo_status=status.status, **counts)

@@ -24,6 +24,7 @@ import enum
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,7 @@ class ImportTarget:
 
 
 def _segment(value: str | None) -> str:
-    return requests.utils.quote(str(value), safe="")
+    return urllib.parse.quote(str(value), safe="")
 
 
 @dataclass(frozen=True, slots=True)
