@@ -41,102 +41,8 @@ import yaml
 from dropzone.errors import ConfigError
 from dropzone.readiness import is_ignored_name
 
-# --- Defaults ----------------------------------------------------------------
-# Every default is here, and only here. A change must also be made in
-# config.example.yaml, which documents each one.
-
-DEFAULT_POLL_INTERVAL: Final = 5.0
-"""Seconds: the longest wait between two status polls of one import."""
-DEFAULT_CALLS_PER_20S: Final = 80
-"""Calls per sliding 20 s window; Marketo's limit (shared by all integrations) is 100."""
-MAX_CALLS_PER_20S: Final = 100
-DEFAULT_MAX_CONCURRENT_CALLS: Final = 10
-"""Calls in flight at once; Marketo answers 615 beyond 10."""
-MAX_CONCURRENT_CALLS: Final = 10
-DEFAULT_MAX_IMPORTING: Final = 2
-"""Imports we let Marketo run at once; it runs at most 2 per instance."""
-MAX_IMPORTING: Final = 2
-DEFAULT_MAX_OPEN_IMPORTS: Final = 10
-"""Imports queued or running at once; Marketo answers 1016 beyond 10 per instance."""
-MAX_OPEN_IMPORTS: Final = 10
-DEFAULT_CONNECT_TIMEOUT: Final = 10.0
-"""Seconds to open a connection to Marketo."""
-DEFAULT_READ_TIMEOUT: Final = 120.0
-"""Seconds to wait for a reply; an upload of 10 MB over a slow uplink needs a margin."""
-DEFAULT_MAX_RETRY_SECONDS: Final = 300.0
-"""Seconds one call keeps retrying transient errors before it gives up."""
-DEFAULT_SPLIT_MAX_BYTES: Final = 9_500_000
-"""Largest chunk sent in one import, header included; a margin under Marketo's limit."""
-MAX_SPLIT_MAX_BYTES: Final = 10_000_000
-"""Marketo refuses import files of 10 MB or more (HTTP 413)."""
-DEFAULT_SCAN_INTERVAL: Final = 30.0
-"""Seconds between reconcile scans of an inbox; events are only hints."""
-DEFAULT_QUIET_PERIOD: Final = 10.0
-"""Seconds a file must stay unchanged, on the daemon's clock, before it is taken."""
-DEFAULT_STALE_PARTIAL_AFTER: Final = 86_400.0
-"""Seconds after which an unchanged temporary upload (``*.filepart``) is reported as abandoned."""
-DEFAULT_LOOKUP_FIELD: Final = "email"
-"""Marketo's own default ``lookupField`` for lead imports."""
-DEFAULT_MARKER_SUFFIX: Final = ".done"
-"""The marker suffix used for ``marker: true``: ``leads.csv`` waits for ``leads.csv.done``."""
-DEFAULT_HTTP_LISTEN: Final = "127.0.0.1:9108"
-"""Where ``/metrics`` and the health endpoints listen when an ``http`` section is given."""
-PROCESSING_DIRNAME: Final = ".processing"
-"""Files are claimed by renaming them into this folder of their inbox (same filesystem)."""
-SECRET_MASK: Final = "********"
-
-
-class ObjectKind(enum.StrEnum):
-    LEADS = "leads"
-    CUSTOM_OBJECT = "customobject"
-    PROGRAM_MEMBER = "programmember"
-
-
-class FileFormat(enum.StrEnum):
-    CSV = "csv"
-    TSV = "tsv"
-    SSV = "ssv"
-
-    @property
-    def delimiter(self) -> str:
-        return {"csv": ",", "tsv": "\t", "ssv": ";"}[self.value]
-
-    @classmethod
-    def from_name(cls, name: str) -> FileFormat | None:
-        """The format a file name's extension gives (``.csv``, ``.tsv``, ``.ssv``, any case), if any."""
-        stem, dot, ext = name.rpartition("/")[2].rpartition(".")
-        if not dot or not stem:
-            return None
-        try:
-            return cls(ext.lower())
-        except ValueError:
-            return None
-
-
-class WatchMode(enum.StrEnum):
-    AUTO = "auto"  # polling on network/FUSE/overlay filesystems, native events elsewhere
-    NATIVE = "native"
-    POLLING = "polling"
-
-
-class LogFormat(enum.StrEnum):
-    AUTO = "auto"  # JSON unless stdout is a terminal
-    JSON = "json"
-    CONSOLE = "console"
-
-
-class LogLevel(enum.StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-    CRITICAL = "critical"
-
-
-DEFAULT_WATCH: Final = WatchMode.AUTO
-DEFAULT_LOG_FORMAT: Final = LogFormat.AUTO
-DEFAULT_LOG_LEVEL: Final = LogLevel.INFO
-
+from dropzone import defaults as D
+from dropzone.kinds import FileFormat, LogFormat, LogLevel, ObjectKind, WatchMode
 
 # --- Globs -------------------------------------------------------------------
 
@@ -239,26 +145,31 @@ def _literal_extension(pattern: str) -> str | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarketoSettings:
+    """One Marketo instance: where, who, and how hard to use it. The client takes this as is."""
+
     endpoint: str
-    identity: str
     client_id: str
     client_secret: str = field(repr=False)
+    identity: str | None = None
     client_secret_file: Path | None = None
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    calls_per_20s: int = DEFAULT_CALLS_PER_20S
-    max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
-    max_importing: int = DEFAULT_MAX_IMPORTING
-    max_open_imports: int = DEFAULT_MAX_OPEN_IMPORTS
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS
+    poll_interval: float = D.POLL_INTERVAL_S
+    calls_per_20s: int = D.CALLS_PER_20S
+    max_concurrent_calls: int = D.MAX_CONCURRENT_CALLS
+    max_open_imports: int = D.MAX_OPEN_IMPORTS
+    connect_timeout: float = D.CONNECT_TIMEOUT_S
+    read_timeout: float = D.READ_TIMEOUT_S
+    max_retry_seconds: float = D.MAX_RETRY_S
+
+    @property
+    def identity_url(self) -> str:
+        return (self.identity or f"{self.endpoint.rstrip('/')}/identity").rstrip("/")
 
     def redacted(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "endpoint": self.endpoint,
-            "identity": self.identity,
+            "identity": self.identity_url,
             "client_id": self.client_id,
-            "client_secret": SECRET_MASK,
+            "client_secret": D.SECRET_MASK,
         }
         if self.client_secret_file is not None:
             out["client_secret_file"] = str(self.client_secret_file)
@@ -266,7 +177,6 @@ class MarketoSettings:
             poll_interval=self.poll_interval,
             calls_per_20s=self.calls_per_20s,
             max_concurrent_calls=self.max_concurrent_calls,
-            max_importing=self.max_importing,
             max_open_imports=self.max_open_imports,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
@@ -323,7 +233,7 @@ class Route:
             params["format"] = fmt.value
         match self.object:
             case ObjectKind.LEADS:
-                params["lookupField"] = self.lookup_field or DEFAULT_LOOKUP_FIELD
+                params["lookupField"] = self.lookup_field or D.LOOKUP_FIELD
                 if self.list_id is not None:
                     params["listId"] = self.list_id
                 if self.partition_name:
@@ -349,15 +259,15 @@ class Inbox:
     outbox: Path
     routes: tuple[Route, ...]
     archive: Path | None = None
-    watch: WatchMode = DEFAULT_WATCH
-    scan_interval: float = DEFAULT_SCAN_INTERVAL
-    quiet_period: float = DEFAULT_QUIET_PERIOD
-    stale_partial_after: float = DEFAULT_STALE_PARTIAL_AFTER
+    watch: WatchMode = D.WATCH
+    scan_interval: float = D.SCAN_INTERVAL_S
+    quiet_period: float = D.QUIET_PERIOD_S
+    stale_partial_after: float = D.STALE_PARTIAL_AFTER_S
 
     @property
     def processing_dir(self) -> Path:
         """Where files are claimed to, by ``rename(2)``: inside the inbox, so on its filesystem."""
-        return self.path / PROCESSING_DIRNAME
+        return self.path / D.PROCESSING_DIRNAME
 
     @property
     def marker_suffixes(self) -> tuple[str, ...]:
@@ -389,8 +299,8 @@ class HttpSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogSettings:
-    format: LogFormat = DEFAULT_LOG_FORMAT
-    level: LogLevel = DEFAULT_LOG_LEVEL
+    format: LogFormat = D.LOG_FORMAT
+    level: LogLevel = D.LOG_LEVEL
 
     @property
     def json(self) -> bool | None:
@@ -403,7 +313,7 @@ class Config:
     marketo: MarketoSettings
     state_dir: Path
     inboxes: tuple[Inbox, ...]
-    split_max_bytes: int = DEFAULT_SPLIT_MAX_BYTES
+    split_max_bytes: int = D.SPLIT_MAX_BYTES
     http: HttpSettings | None = None
     log: LogSettings = field(default_factory=LogSettings)
     source: str = "config.yaml"
@@ -433,7 +343,6 @@ _MARKETO_KEYS = (
     "poll_interval",
     "calls_per_20s",
     "max_concurrent_calls",
-    "max_importing",
     "max_open_imports",
     "connect_timeout",
     "read_timeout",
@@ -772,7 +681,7 @@ def _config(ctx: _Ctx, data: object) -> Config:
         raise top.error("inboxes", "must list at least one inbox")
     inboxes = tuple(_inbox(ctx, item, _join("inboxes", i)) for i, item in enumerate(raw_inboxes))
     _check_layout(ctx, state_dir, inboxes)
-    split_max_bytes = top.integer("split_max_bytes", DEFAULT_SPLIT_MAX_BYTES, low=1, high=MAX_SPLIT_MAX_BYTES)
+    split_max_bytes = top.integer("split_max_bytes", D.SPLIT_MAX_BYTES, low=1, high=D.MARKETO_MAX_IMPORT_BYTES)
     http = _http(ctx, top.raw("http")) if "http" in top.data else None
     log = _log(ctx, top.raw("log")) if top.has("log") else LogSettings()
     return Config(
@@ -808,29 +717,22 @@ def _marketo(ctx: _Ctx, data: object) -> MarketoSettings:
         secret = s.string("client_secret")
     else:
         raise s.error("client_secret", "is required (or client_secret_file)")
-    max_importing = s.integer("max_importing", DEFAULT_MAX_IMPORTING, low=1, high=MAX_IMPORTING)
-    max_open_imports = s.integer("max_open_imports", DEFAULT_MAX_OPEN_IMPORTS, low=1, high=MAX_OPEN_IMPORTS)
-    if max_open_imports < max_importing:
-        raise s.error(
-            "max_open_imports",
-            f"must be at least max_importing ({max_importing}): Marketo's queue counts running imports",
-        )
+    max_open_imports = s.integer("max_open_imports", D.MAX_OPEN_IMPORTS, low=1, high=D.MARKETO_MAX_OPEN_IMPORTS)
     return MarketoSettings(
         endpoint=endpoint,
         identity=identity,
         client_id=client_id,
         client_secret=secret,
         client_secret_file=secret_file,
-        poll_interval=s.seconds("poll_interval", DEFAULT_POLL_INTERVAL),
-        calls_per_20s=s.integer("calls_per_20s", DEFAULT_CALLS_PER_20S, low=1, high=MAX_CALLS_PER_20S),
+        poll_interval=s.seconds("poll_interval", D.POLL_INTERVAL_S),
+        calls_per_20s=s.integer("calls_per_20s", D.CALLS_PER_20S, low=1, high=D.MARKETO_CALLS_PER_WINDOW),
         max_concurrent_calls=s.integer(
-            "max_concurrent_calls", DEFAULT_MAX_CONCURRENT_CALLS, low=1, high=MAX_CONCURRENT_CALLS
+            "max_concurrent_calls", D.MAX_CONCURRENT_CALLS, low=1, high=D.MARKETO_MAX_CONCURRENT_CALLS
         ),
-        max_importing=max_importing,
         max_open_imports=max_open_imports,
-        connect_timeout=s.seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-        read_timeout=s.seconds("read_timeout", DEFAULT_READ_TIMEOUT),
-        max_retry_seconds=s.seconds("max_retry_seconds", DEFAULT_MAX_RETRY_SECONDS, allow_zero=True),
+        connect_timeout=s.seconds("connect_timeout", D.CONNECT_TIMEOUT_S),
+        read_timeout=s.seconds("read_timeout", D.READ_TIMEOUT_S),
+        max_retry_seconds=s.seconds("max_retry_seconds", D.MAX_RETRY_S, allow_zero=True),
     )
 
 
@@ -848,10 +750,10 @@ def _inbox(ctx: _Ctx, data: object, path: str) -> Inbox:
         outbox=s.path("outbox"),
         archive=s.path("archive", None),
         routes=routes,
-        watch=s.choice("watch", WatchMode, DEFAULT_WATCH),
-        scan_interval=s.seconds("scan_interval", DEFAULT_SCAN_INTERVAL),
-        quiet_period=s.seconds("quiet_period", DEFAULT_QUIET_PERIOD, allow_zero=True),
-        stale_partial_after=s.seconds("stale_partial_after", DEFAULT_STALE_PARTIAL_AFTER),
+        watch=s.choice("watch", WatchMode, D.WATCH),
+        scan_interval=s.seconds("scan_interval", D.SCAN_INTERVAL_S),
+        quiet_period=s.seconds("quiet_period", D.QUIET_PERIOD_S, allow_zero=True),
+        stale_partial_after=s.seconds("stale_partial_after", D.STALE_PARTIAL_AFTER_S),
     )
     markers = inbox.marker_suffixes
     for i, route in enumerate(routes):
@@ -891,7 +793,7 @@ def _route(ctx: _Ctx, data: object, path: str) -> Route:
     params: dict[str, Any] = {}
     if kind is ObjectKind.LEADS:
         params.update(
-            lookup_field=s.string("lookupField", DEFAULT_LOOKUP_FIELD),
+            lookup_field=s.string("lookupField", D.LOOKUP_FIELD),
             list_id=s.integer("listId", None, low=1),
             partition_name=s.string("partitionName", None),
         )
@@ -923,7 +825,7 @@ def _marker(s: _Section) -> str | None:
     if value is None or value is False:
         return None
     if value is True:
-        return DEFAULT_MARKER_SUFFIX
+        return D.MARKER_SUFFIX
     if not isinstance(value, str):
         raise s.error("marker", f"expected true, false or a suffix like '.done', got {_describe(value)}")
     if len(value) < 2 or not value.startswith(".") or any(c in value for c in "/*?["):
@@ -943,7 +845,7 @@ def _encoding(s: _Section, name: str) -> str:
 
 def _http(ctx: _Ctx, data: object) -> HttpSettings:
     s = _Section(ctx, {} if data is None else data, "http", _HTTP_KEYS)
-    listen = s.string("listen", DEFAULT_HTTP_LISTEN)
+    listen = s.string("listen", D.HTTP_LISTEN)
     host, sep, port_text = listen.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -955,8 +857,8 @@ def _http(ctx: _Ctx, data: object) -> HttpSettings:
 def _log(ctx: _Ctx, data: object) -> LogSettings:
     s = _Section(ctx, data, "log", _LOG_KEYS)
     return LogSettings(
-        format=s.choice("format", LogFormat, DEFAULT_LOG_FORMAT),
-        level=s.choice("level", LogLevel, DEFAULT_LOG_LEVEL),
+        format=s.choice("format", LogFormat, D.LOG_FORMAT),
+        level=s.choice("level", LogLevel, D.LOG_LEVEL),
     )
 
 
@@ -1045,30 +947,6 @@ def _check_dir(problems: list[str], key: str, path: Path, *, write: bool) -> int
 
 
 __all__ = [
-    "DEFAULT_CALLS_PER_20S",
-    "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_HTTP_LISTEN",
-    "DEFAULT_LOG_FORMAT",
-    "DEFAULT_LOG_LEVEL",
-    "DEFAULT_LOOKUP_FIELD",
-    "DEFAULT_MARKER_SUFFIX",
-    "DEFAULT_MAX_CONCURRENT_CALLS",
-    "DEFAULT_MAX_IMPORTING",
-    "DEFAULT_MAX_OPEN_IMPORTS",
-    "DEFAULT_MAX_RETRY_SECONDS",
-    "DEFAULT_POLL_INTERVAL",
-    "DEFAULT_QUIET_PERIOD",
-    "DEFAULT_READ_TIMEOUT",
-    "DEFAULT_SCAN_INTERVAL",
-    "DEFAULT_SPLIT_MAX_BYTES",
-    "DEFAULT_STALE_PARTIAL_AFTER",
-    "DEFAULT_WATCH",
-    "MAX_CALLS_PER_20S",
-    "MAX_CONCURRENT_CALLS",
-    "MAX_IMPORTING",
-    "MAX_OPEN_IMPORTS",
-    "MAX_SPLIT_MAX_BYTES",
-    "PROCESSING_DIRNAME",
     "Config",
     "FileFormat",
     "HttpSettings",

@@ -1,0 +1,71 @@
+"""Every default and every Marketo limit, defined once.
+
+A change here must also be made in ``config.example.yaml``, which documents
+each user-facing default. Modules import these names; none redefines them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from dropzone.kinds import LogFormat, LogLevel, WatchMode
+
+# --- Marketo's own limits (shared/docs/marketo-bulk-import.md) ---------------
+
+MARKETO_CALLS_PER_WINDOW: Final = 100
+"""Calls per sliding 20 s window per instance, shared by every integration (606 beyond)."""
+RATE_WINDOW_S: Final = 20.0
+MARKETO_MAX_CONCURRENT_CALLS: Final = 10
+"""Calls in flight at once per instance; Marketo answers 615 beyond."""
+MARKETO_MAX_OPEN_IMPORTS: Final = 10
+"""Imports queued or running per instance; Marketo answers 1016 beyond."""
+MARKETO_MAX_IMPORT_BYTES: Final = 10_000_000
+"""Marketo refuses import files of 10 MB or more (HTTP 413)."""
+
+# --- The client ----------------------------------------------------------------
+
+CALLS_PER_20S: Final = 80
+"""Our share of the 20 s window; the others keep some headroom."""
+MAX_CONCURRENT_CALLS: Final = 10
+MAX_OPEN_IMPORTS: Final = 10
+POLL_INTERVAL_S: Final = 5.0
+"""The longest wait between two status polls of one import."""
+CONNECT_TIMEOUT_S: Final = 10.0
+READ_TIMEOUT_S: Final = 120.0
+"""Marketo gives up on a request after about 30 s (604); a 10 MB upload over a
+slow uplink needs more than that to *send*, so reads get a margin."""
+MAX_RETRY_S: Final = 300.0
+"""How long one call keeps retrying transient errors before it gives up."""
+BACKOFF_BASE_S: Final = 1.0
+BACKOFF_CAP_S: Final = 60.0
+
+# --- Files -------------------------------------------------------------------
+
+SPLIT_MAX_BYTES: Final = 9_500_000
+"""Largest chunk sent in one import, header included; a margin under Marketo's limit."""
+SPLIT_BLOCK_BYTES: Final = 1 << 20
+"""The splitter reads this much at a time: its memory does not grow with the file."""
+LOOKUP_FIELD: Final = "email"
+"""Marketo's own default ``lookupField`` for lead imports."""
+MARKER_SUFFIX: Final = ".done"
+"""``marker: true`` means: ``leads.csv`` waits for ``leads.csv.done``."""
+PROCESSING_DIRNAME: Final = ".processing"
+"""Files are claimed by renaming them into this folder of their inbox (same filesystem)."""
+
+# --- Inboxes -----------------------------------------------------------------
+
+WATCH: Final = WatchMode.AUTO
+SCAN_INTERVAL_S: Final = 30.0
+"""Between reconcile scans of an inbox; events are only hints."""
+QUIET_PERIOD_S: Final = 10.0
+"""A file must stay unchanged this long, on the daemon's clock, before it is taken."""
+STALE_PARTIAL_AFTER_S: Final = 86_400.0
+"""An unchanged temporary upload (``*.filepart``) is reported as abandoned after this."""
+
+# --- Operations --------------------------------------------------------------
+
+HTTP_LISTEN: Final = "127.0.0.1:9108"
+"""Where ``/metrics`` and the health endpoints listen when an ``http`` section is given."""
+LOG_FORMAT: Final = LogFormat.AUTO
+LOG_LEVEL: Final = LogLevel.INFO
+SECRET_MASK: Final = "********"

@@ -1,0 +1,75 @@
+"""The vocabulary: every enumeration dropzone uses, defined once.
+
+A Marketo object kind, a file format (with the one rule that turns a file
+name into a format), and the enumerated configuration values. Owns no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ObjectKind(enum.StrEnum):
+    """Which of Marketo's three bulk imports a file goes to."""
+
+    LEADS = "leads"
+    CUSTOM_OBJECT = "customobject"
+    PROGRAM_MEMBER = "programmember"
+
+
+class FileFormat(enum.StrEnum):
+    """Marketo's ``format`` parameter: comma, tab or semicolon separated."""
+
+    CSV = "csv"
+    TSV = "tsv"
+    SSV = "ssv"
+
+    @property
+    def delimiter(self) -> str:
+        return _DELIMITERS[self]
+
+    @property
+    def delimiter_byte(self) -> bytes:
+        return _DELIMITERS[self].encode("ascii")
+
+    @classmethod
+    def from_name(cls, name: str) -> FileFormat | None:
+        """The format a file name's extension gives (``.csv``, ``.tsv``, ``.ssv``, any case), if any.
+
+        The one rule, for the daemon and ``dropzone split`` alike: any other
+        extension (``.txt`` included: it is as often tab- as comma-separated)
+        needs the format given explicitly.
+        """
+        stem, dot, ext = name.rpartition("/")[2].rpartition(".")
+        if not dot or not stem:
+            return None
+        try:
+            return cls(ext.lower())
+        except ValueError:
+            return None
+
+
+_DELIMITERS = {FileFormat.CSV: ",", FileFormat.TSV: "\t", FileFormat.SSV: ";"}
+
+
+class WatchMode(enum.StrEnum):
+    AUTO = "auto"  # polling on network/FUSE/overlay filesystems, native events elsewhere
+    NATIVE = "native"
+    POLLING = "polling"
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"  # JSON unless stdout is a terminal
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+__all__ = ["FileFormat", "LogFormat", "LogLevel", "ObjectKind", "WatchMode"]
