@@ -69,3 +69,34 @@ HTTP_LISTEN: Final = "127.0.0.1:9108"
 LOG_FORMAT: Final = LogFormat.AUTO
 LOG_LEVEL: Final = LogLevel.INFO
 SECRET_MASK: Final = "********"
+
+# --- Pauses after Marketo said "not now" (seconds) -----------------------------
+
+QUEUE_FULL_PAUSE_S: Final = 15.0
+"""After 1016, growing with each one in a row (others fill Marketo's queue)."""
+QUEUE_FULL_PAUSE_MAX_S: Final = 120.0
+LIST_BUSY_PAUSE_S: Final = 10.0
+"""After 1019: only imports into that static list wait."""
+TRANSIENT_PAUSE_S: Final = 30.0
+MISCONFIGURED_PAUSE_S: Final = 60.0
+"""After 603 and friends: the integration, not the file, is wrong; look again this often."""
+QUOTA_PAUSE_MIN_S: Final = 60.0
+
+# --- A submit whose outcome is unknown ------------------------------------------
+
+RESUBMIT_HOLD_S: Final = 120.0
+"""Least wait before a chunk whose first submit may have created a job is sent again."""
+RESUBMIT_HOLD_BYTES_PER_S: Final = 20_000.0
+"""A slow import rate: a possibly-created copy of N bytes is waited out for N / this."""
+RESUBMIT_HOLD_MAX_S: Final = 1_800.0
+
+# --- The loop -------------------------------------------------------------------
+
+MAX_IDLE_S: Final = 1.0
+"""Longest the loop sleeps when nothing is due; hints from the watchers wake it earlier."""
+CLAIMS_PER_PASS: Final = 50
+"""Files one inbox may claim in one pass, so others (and the heartbeat) get their turn."""
+PREPARES_PER_PASS: Final = 4
+"""Files split in one pass; a split may take seconds."""
+TRACKED_PER_INBOX: Final = 10_000
+"""Candidates one inbox tracks between scans; beyond it, names wait for the next scan."""

@@ -111,3 +111,11 @@ class OutcomeUnknownError(MarketoError):
     Raised only for calls that create something (import submissions): the
     caller, who holds the journal, decides whether to resubmit.
     """
+
+
+class Interrupted(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
+    """Shutdown was asked for while waiting: unwinds the current step so the loop can exit.
+
+    A ``BaseException``, so that no ``except Exception`` on the way (one bad
+    item must never stop the rest) can swallow a shutdown.
+    """

@@ -1,10 +1,14 @@
 """File and chunk lifecycles, and the pure decisions the daemon takes on them.
 
-Owns: the states, the transitions allowed between them, what a crash in each
-state means (``recovery_action``), which pending chunk goes to Marketo next
-(``pick_next``), when a batch is polled again (``poll_delay``) and what a file's
-outcome is once its chunks are done (``file_outcome``). Owns no I/O: the store
-persists these states, the daemon acts on them.
+Owns: the states, the transitions allowed between them, and every decision
+taken on them: what a submit's outcome does to a chunk (``after_submit``),
+what a poll's outcome does (``after_poll``), what start-up does with each
+state a crash left (``recovery_action``, ``recover_claim``), how long a
+possibly-created copy is waited out (``resubmit_hold``), which pending chunk
+goes to Marketo next (``pick_next``), when a batch is polled again
+(``poll_delay``) and a file's outcome once its chunks are done
+(``file_outcome``). Owns no I/O: the store persists these states, the stages
+act on them; every rule here is table-tested with plain values.
 
 A file::
 
@@ -31,6 +35,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from dropzone import defaults as D
+from dropzone import errors
 
 
 class FileState(enum.StrEnum):
@@ -203,9 +210,18 @@ class ChunkResult:
     state: ChunkState
     marketo_status: str | None  # Complete / Failed, None when never accepted
     rows: int
-    processed: int
-    failed: int
-    warned: int
+    processed: int | None  # None: Marketo did not say (program members may omit counters)
+    failed: int | None
+    warned: int | None
+
+
+def imported_rows(r: ChunkResult) -> int:
+    """Rows a chunk put into Marketo; unknown counters of a Complete batch count what its failure file did not list."""
+    if r.state is not ChunkState.DONE or r.marketo_status != "Complete":
+        return 0
+    if r.processed is not None:
+        return r.processed
+    return max(r.rows - (r.failed or 0), 0)
 
 
 def file_outcome(chunks: Iterable[ChunkResult]) -> Outcome:
@@ -218,12 +234,152 @@ def file_outcome(chunks: Iterable[ChunkResult]) -> Outcome:
     if not results:
         return Outcome.FAILED
     total = sum(r.rows for r in results)
-    imported = sum(r.processed for r in results if r.state is ChunkState.DONE and r.marketo_status == "Complete")
+    imported = sum(imported_rows(r) for r in results)
     clean = all(
-        r.state is ChunkState.DONE and r.marketo_status == "Complete" and r.failed == 0 for r in results
+        r.state is ChunkState.DONE and r.marketo_status == "Complete" and not r.failed for r in results
     )
     if clean and imported >= total:
         return Outcome.COMPLETE
     if imported == 0:
         return Outcome.FAILED
     return Outcome.PARTIAL
+
+
+# ---- what an event does to a chunk -----------------------------------------------
+
+
+class ChunkAction(enum.StrEnum):
+    RECORD_BATCH = "record_batch"  # accepted: the batchId is known
+    REQUEUE = "requeue"  # not executed: send again later, nothing to tell the partner
+    REQUEUE_UNKNOWN = "requeue_unknown"  # may have been created: wait it out, resubmit, say so
+    FAIL = "fail"  # Marketo refused this chunk (or it cannot be read): the file's problem
+
+
+class Pause(enum.StrEnum):
+    NONE = "none"
+    SUBMITS = "submits"  # transient trouble: every submit waits
+    QUEUE_FULL = "queue_full"  # 1016: every submit waits, longer each time in a row
+    LIST = "list"  # 1019: imports into that list wait
+    API = "api"  # daily quota: every call waits
+    MISCONFIGURED = "misconfigured"  # 603, bad credentials: every submit waits; /readyz says why
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitDecision:
+    action: ChunkAction
+    pause: Pause = Pause.NONE
+    #: End this pass's submissions (the next chunk would meet the same answer).
+    stop: bool = False
+
+
+def after_submit(error: BaseException | None) -> SubmitDecision:
+    """What a submit's outcome does: to the chunk, to further submissions.
+
+    ``error`` is what ``MarketoClient.submit`` raised (None: accepted). Only
+    the answers Marketo documents as "not executed" requeue silently; a lost
+    reply, a gateway 5xx or a body that is not JSON may have created the job.
+    """
+    match error:
+        case None:
+            return SubmitDecision(ChunkAction.RECORD_BATCH)
+        case errors.OutcomeUnknownError():
+            return SubmitDecision(ChunkAction.REQUEUE_UNKNOWN)
+        case errors.MisconfiguredError() | errors.AuthError():
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.MISCONFIGURED, stop=True)
+        case errors.RejectedError() if error.endpoint == "identity":
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.MISCONFIGURED, stop=True)
+        case errors.RejectedError():
+            return SubmitDecision(ChunkAction.FAIL)
+        case errors.QueueFullError():
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.QUEUE_FULL, stop=True)
+        case errors.ListBusyError():
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.LIST)
+        case errors.QuotaExceededError():
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.API, stop=True)
+        case errors.MarketoError():
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.SUBMITS, stop=True)
+        case OSError():
+            # The chunk in state_dir could not be read: nothing was sent.
+            return SubmitDecision(ChunkAction.FAIL)
+        case _:
+            # A bug of ours on this one chunk: failing it (original kept) beats
+            # retrying it first in every pass forever.
+            return SubmitDecision(ChunkAction.FAIL)
+
+
+def pause_seconds(pause: Pause, *, streak: int = 1, quota_resets_in: float = 0.0) -> float:
+    """How long a pause lasts; ``streak`` counts 1016s in a row."""
+    match pause:
+        case Pause.NONE:
+            return 0.0
+        case Pause.QUEUE_FULL:
+            return min(D.QUEUE_FULL_PAUSE_S * max(streak, 1), D.QUEUE_FULL_PAUSE_MAX_S)
+        case Pause.LIST:
+            return D.LIST_BUSY_PAUSE_S
+        case Pause.API:
+            return max(D.QUOTA_PAUSE_MIN_S, quota_resets_in)
+        case Pause.MISCONFIGURED:
+            return D.MISCONFIGURED_PAUSE_S
+        case Pause.SUBMITS:
+            return D.TRANSIENT_PAUSE_S
+
+
+def resubmit_hold(size_bytes: int, *, least: float = D.RESUBMIT_HOLD_S) -> float:
+    """Seconds to wait before resending a chunk whose first submit may have created a job.
+
+    Two copies of one import must never run at once (concurrent upserts can
+    create duplicate records): the copy Marketo may hold is given as long as
+    a slow import of that size takes.
+    """
+    return min(max(least, size_bytes / D.RESUBMIT_HOLD_BYTES_PER_S), max(least, D.RESUBMIT_HOLD_MAX_S))
+
+
+class PollAction(enum.StrEnum):
+    WAIT = "wait"  # not finished: poll again on the schedule
+    RETRY = "retry"  # the call failed; says nothing about the batch: poll again later
+    FINISHED = "finished"  # Complete or Failed: fetch the result files
+    GONE = "gone"  # Marketo's own "batch not found": the batch is lost
+    PAUSE_API = "pause_api"  # quota or credentials: every call waits
+
+
+def after_poll(error: BaseException | None, *, finished: bool = False) -> PollAction:
+    """What a status poll's outcome does to a submitted chunk.
+
+    Only Marketo's own answer for an unknown batch ends one; a 429 page, a
+    5xx or a body that cannot be parsed says nothing about the batch.
+    """
+    match error:
+        case None:
+            return PollAction.FINISHED if finished else PollAction.WAIT
+        case errors.BatchNotFoundError():
+            return PollAction.GONE
+        case errors.QuotaExceededError() | errors.AuthError() | errors.MisconfiguredError():
+            return PollAction.PAUSE_API
+        case _:
+            return PollAction.RETRY
+
+
+class FetchAction(enum.StrEnum):
+    STORE = "store"  # the file (or "no rows") is in hand
+    GIVE_UP = "give_up"  # Marketo says it has no such file for this batch: report without it
+    RETRY = "retry"  # try again later
+
+
+def after_fetch(error: BaseException | None) -> FetchAction:
+    match error:
+        case None:
+            return FetchAction.STORE
+        case errors.BatchNotFoundError() | errors.RejectedError():
+            return FetchAction.GIVE_UP
+        case _:
+            return FetchAction.RETRY
+
+
+class ClaimRecovery(enum.StrEnum):
+    CONFIRM = "confirm"  # the rename happened: the file is ours
+    FORGET = "forget"  # it never happened: the file is still in the inbox (found again) or gone
+
+
+def recover_claim(in_processing_area: bool) -> ClaimRecovery:
+    """What start-up does with a file a crash left in ``claiming``."""
+    return ClaimRecovery.CONFIRM if in_processing_area else ClaimRecovery.FORGET

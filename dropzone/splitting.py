@@ -44,14 +44,14 @@ from itertools import accumulate
 from pathlib import Path
 from typing import BinaryIO
 
+from dropzone import defaults as D
 from dropzone.errors import ConfigError, SplitError
+from dropzone.kinds import FileFormat
 
-# Under both readings of "10 MB" (10_000_000 and 10_485_760), with room to spare
-# for the multipart envelope Marketo counts against the same limit.
-DEFAULT_MAX_BYTES = 9_500_000
-DEFAULT_BLOCK_SIZE = 1 << 20
-DELIMITERS: dict[str, bytes] = {"csv": b",", "tsv": b"\t", "ssv": b";"}
-SUFFIX_FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".ssv": "ssv", ".txt": "csv"}
+
+#: Sees the header's field names before any chunk is written; returns the
+#: names to write (e.g. trimmed) or raises ``InputError`` to refuse the file.
+HeaderCheck = Callable[[list[str]], list[str]]
 
 _QUOTE = 0x22
 _LF = 0x0A
@@ -96,37 +96,48 @@ def split(
     source: BinaryIO,
     open_chunk: OpenChunk,
     *,
-    fmt: str = "csv",
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    fmt: FileFormat | str = FileFormat.CSV,
+    max_bytes: int = D.SPLIT_MAX_BYTES,
     encoding: str | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int = D.SPLIT_BLOCK_BYTES,
+    header_check: HeaderCheck | None = None,
 ) -> SplitResult:
     """Split ``source`` into chunks written through ``open_chunk(index)``.
 
     ``encoding`` names the source encoding when it is not UTF-8; chunks are
-    then transcoded to UTF-8.  Raises ``SplitError`` (with ``line``) for files
-    that cannot be cut into valid chunks; chunks already written are left to
-    the caller (``open_chunk``'s context manager sees the exception).
+    then transcoded to UTF-8. ``header_check`` sees the header before any
+    chunk is written; names it changes are written to every chunk (quoted
+    as needed, the header's own line ending kept). Raises ``SplitError``
+    (with ``line``) for files that cannot be cut into valid chunks; chunks
+    already written are left to the caller (``open_chunk``'s context manager
+    sees the exception).
     """
     delimiter = _delimiter(fmt)
     if max_bytes < 2:
         raise ValueError(f"max_bytes must be at least 2, not {max_bytes}")
     if block_size < 1:
         raise ValueError(f"block_size must be positive, not {block_size}")
-    return _Splitter(source, open_chunk, delimiter, max_bytes, encoding, block_size).run()
+    return _Splitter(source, open_chunk, delimiter, max_bytes, encoding, block_size, header_check).run()
 
 
 def scan(
     source: BinaryIO,
     *,
-    fmt: str = "csv",
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    fmt: FileFormat | str = FileFormat.CSV,
+    max_bytes: int = D.SPLIT_MAX_BYTES,
     encoding: str | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int = D.SPLIT_BLOCK_BYTES,
+    header_check: HeaderCheck | None = None,
 ) -> SplitResult:
-    """Run every check ``split`` runs and build the same manifest, writing nothing."""
+    """Run every check ``split`` runs and build the same manifest, writing nothing (``dropzone split --check``)."""
     return split(
-        source, _null_chunk, fmt=fmt, max_bytes=max_bytes, encoding=encoding, block_size=block_size
+        source,
+        _null_chunk,
+        fmt=fmt,
+        max_bytes=max_bytes,
+        encoding=encoding,
+        block_size=block_size,
+        header_check=header_check,
     )
 
 
@@ -153,11 +164,12 @@ def _null_chunk(index: int) -> Iterator[BinaryIO]:
     yield _NullSink()  # type: ignore[misc]  # only write() is ever called
 
 
-def _delimiter(fmt: str) -> bytes:
+def _delimiter(fmt: FileFormat | str) -> bytes:
     try:
-        return DELIMITERS[fmt]
-    except KeyError:
-        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(DELIMITERS)}") from None
+        return FileFormat(fmt).delimiter_byte
+    except ValueError:
+        known = ", ".join(f.value for f in FileFormat)
+        raise ConfigError(f"unknown format {fmt!r}; expected one of {known}") from None
 
 
 class _Quotes:
@@ -412,7 +424,9 @@ class _Splitter:
         max_bytes: int,
         encoding: str | None,
         block_size: int,
+        header_check: HeaderCheck | None = None,
     ) -> None:
+        self.header_check = header_check
         self.source = source
         self.open_chunk = open_chunk
         self.delimiter = delimiter
@@ -555,6 +569,21 @@ class _Splitter:
                 "a byte order mark: save it as UTF-8",
                 line=1,
             )
+        text = header.decode("utf-8")
+        fields = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter.decode())
+        header_fields = next(fields)
+        meter = self.meter
+        # Source offsets count the partner's own header, whatever is written.
+        if meter is not None:
+            offset = meter.measure(("\ufeff" if self.bom_in_text else "").encode() + header)
+        else:
+            offset = self.skipped + len(header)
+        data_line = 1 + header.count(b"\n")  # physical line of data[0]; the header starts line 1
+        if self.header_check is not None:
+            wanted = self.header_check(list(header_fields))
+            if wanted != header_fields:
+                header = self._rewrite_header(header, wanted)
+                header_fields = wanted
         max_record = self.max_bytes - len(header)
         if max_record < 1:
             raise SplitError(
@@ -562,17 +591,7 @@ class _Splitter:
                 f"records under max_bytes={self.max_bytes}",
                 line=1,
             )
-        text = header.decode("utf-8")
-        fields = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter.decode())
-        header_fields = next(fields)
-        meter = self.meter
-        if meter is not None:
-            offset = meter.measure(("\ufeff" if self.bom_in_text else "").encode() + header)
-        else:
-            offset = self.skipped + len(header)
         writer = self.writer = _ChunkWriter(self.open_chunk, header, self.max_bytes)
-
-        data_line = 1 + header.count(b"\n")  # physical line of data[0]; the header starts line 1
         total_rows = 0
         last_byte = -1
         while True:
@@ -649,6 +668,12 @@ class _Splitter:
             ends_with_newline=last_byte == _LF,
         )
 
+    def _rewrite_header(self, header: bytes, fields: list[str]) -> bytes:
+        ending = "\r\n" if header.endswith(b"\r\n") else "\n"
+        out = io.StringIO()
+        csv.writer(out, delimiter=self.delimiter.decode(), lineterminator=ending).writerow(fields)
+        return out.getvalue().encode("utf-8")
+
     def _too_big(self, line: int, max_record: int, hint: str) -> SplitError:
         return SplitError(
             f"line {line}: the record starting here is larger than the {max_record} bytes a "
@@ -684,8 +709,8 @@ def split_file(
     path: Path,
     out_dir: Path,
     *,
-    fmt: str | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    fmt: FileFormat | str | None = None,
+    max_bytes: int = D.SPLIT_MAX_BYTES,
     encoding: str | None = None,
 ) -> SplitResult:
     """Split the file at ``path`` into ``out_dir/{stem}.partNNNN{suffix}``.
@@ -695,13 +720,12 @@ def split_file(
     """
     path, out_dir = Path(path), Path(out_dir)
     if fmt is None:
-        try:
-            fmt = SUFFIX_FORMATS[path.suffix.lower()]
-        except KeyError:
+        fmt = FileFormat.from_name(path.name)
+        if fmt is None:
             raise SplitError(
-                f"{path.name}: unsupported extension {path.suffix!r}; expected one of "
-                f"{', '.join(SUFFIX_FORMATS)} (or give the format explicitly)"
-            ) from None
+                f"{path.name}: unsupported extension {path.suffix!r}; expected .csv, .tsv or .ssv "
+                "(or give the format explicitly)"
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 

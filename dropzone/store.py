@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import fcntl
 import json
 import os
@@ -21,11 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from dropzone.errors import StoreError
-from dropzone.jobs import ChunkState, FileState, check_chunk_transition, check_file_transition
+from dropzone.jobs import ChunkState, FileState, Outcome, check_chunk_transition, check_file_transition
+from dropzone.kinds import FileFormat
+from dropzone.marketo import ImportTarget
 
 DB_NAME = "journal.sqlite3"
 LOCK_NAME = "dropzone.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+RESUBMIT_NOTE = (
+    "chunk {index} was submitted again: the answer to its first submission was lost or unreadable "
+    "({why}), and Marketo offers no way to look the batch up; the second copy was sent only after "
+    "the first could have finished, so its rows may have been imported twice, which updates the "
+    "same records again (imports are upserts)"
+)
 
 _DDL = (
     """CREATE TABLE IF NOT EXISTS files (
@@ -45,7 +55,9 @@ _DDL = (
         notes TEXT NOT NULL DEFAULT '[]',
         finished_at TEXT,
         outbox_files TEXT,
-        archived_to BLOB
+        archived_to BLOB,
+        dev INTEGER,
+        ino INTEGER
     )""",
     "CREATE INDEX IF NOT EXISTS files_state ON files(state)",
     """CREATE TABLE IF NOT EXISTS chunks (
@@ -70,10 +82,20 @@ _DDL = (
         warnings_path BLOB,
         error TEXT,
         submitted_at TEXT,
+        not_before REAL,
         UNIQUE (file_id, idx)
     )""",
     "CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state)",
 )
+
+#: What each older schema needs to reach this one (SQLite adds columns in place).
+_UPGRADES: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE files ADD COLUMN dev INTEGER",
+        "ALTER TABLE files ADD COLUMN ino INTEGER",
+        "ALTER TABLE chunks ADD COLUMN not_before REAL",
+    ),
+}
 
 
 def _b(path: str | os.PathLike[str] | None) -> bytes | None:
@@ -93,16 +115,18 @@ class FileRow:
     state: FileState
     size: int
     received_at: str
-    route: dict[str, Any] | None
-    fmt: str | None
+    target: ImportTarget | None  # set once the file is split
+    fmt: FileFormat | None
     rows: int | None
-    outcome: str | None
+    outcome: Outcome | None
     error: str | None
     error_line: int | None
     notes: list[str]
     finished_at: str | None
     outbox_files: list[str] | None
     archived_to: Path | None
+    dev: int | None  # the claimed file's identity, as readiness saw it
+    ino: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +145,14 @@ class ChunkRow:
     resubmits: int
     marketo_status: str | None
     message: str | None
-    processed: int
-    failed: int
-    warned: int
+    processed: int | None
+    failed: int | None
+    warned: int | None
     failures_path: Path | None
     warnings_path: Path | None
     error: str | None
     submitted_at: str | None
+    not_before: float | None  # wall-clock seconds: not submitted before (a possible copy is waited out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,29 +165,54 @@ class NewChunk:
     size: int
 
 
-_FILE_JSON = {"route", "notes", "outbox_files"}
-_PATH_FIELDS = {"inbox", "processing_path", "archived_to", "path", "failures_path", "warnings_path"}
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A batch's counters as Marketo gave them; None: not given."""
+
+    processed: int | None = None
+    failed: int | None = None
+    warned: int | None = None
+
+
+def utc_now() -> str:
+    """A journal and status-file timestamp: UTC, seconds, ``Z``."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _text(value: str | None) -> str | None:
+    # Messages may quote a partner's file name with bytes that are not UTF-8.
+    return None if value is None else value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _target(raw: str | None) -> ImportTarget | None:
+    if not raw:
+        return None
+    doc = json.loads(raw)
+    doc.pop("format", None)  # schema 1 kept the format in the route
+    return ImportTarget.from_json(json.dumps(doc))
 
 
 def _file_row(r: sqlite3.Row) -> FileRow:
     return FileRow(
         id=r["id"],
-        inbox=_p(r["inbox"]),  # type: ignore[arg-type]
+        inbox=Path(os.fsdecode(r["inbox"])),
         relpath=os.fsdecode(r["relpath"]),
-        processing_path=_p(r["processing_path"]),  # type: ignore[arg-type]
+        processing_path=Path(os.fsdecode(r["processing_path"])),
         state=FileState(r["state"]),
         size=r["size"],
         received_at=r["received_at"],
-        route=json.loads(r["route"]) if r["route"] else None,
-        fmt=r["fmt"],
+        target=_target(r["route"]),
+        fmt=FileFormat(r["fmt"]) if r["fmt"] else None,
         rows=r["rows"],
-        outcome=r["outcome"],
+        outcome=Outcome(r["outcome"]) if r["outcome"] else None,
         error=r["error"],
         error_line=r["error_line"],
         notes=json.loads(r["notes"]),
         finished_at=r["finished_at"],
         outbox_files=json.loads(r["outbox_files"]) if r["outbox_files"] else None,
         archived_to=_p(r["archived_to"]),
+        dev=r["dev"],
+        ino=r["ino"],
     )
 
 
@@ -222,8 +272,13 @@ class Store:
                 f"the journal in {self.state_dir} was written by a newer dropzone (schema {version}); upgrade dropzone"
             )
         with self.transaction():
-            for statement in _DDL:
-                self._db.execute(statement)
+            if version == 0:
+                for statement in _DDL:
+                    self._db.execute(statement)
+            else:
+                for old in range(version, SCHEMA_VERSION):
+                    for statement in _UPGRADES[old]:
+                        self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -243,32 +298,85 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
-    # ---- files ------------------------------------------------------------
+    # ---- files: one verb per transition, one transaction each -----------------
 
-    def begin_claim(self, *, inbox: Path, relpath: str, processing_path: Path, size: int, received_at: str) -> int:
+    def begin_claim(
+        self, *, inbox: Path, relpath: str, processing_path: Path, size: int, dev: int, ino: int
+    ) -> int:
+        """Saved before the rename into the processing area (``claiming``)."""
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT INTO files (inbox, relpath, processing_path, state, size, received_at) VALUES (?,?,?,?,?,?)",
-                (_b(inbox), os.fsencode(relpath), _b(processing_path), FileState.CLAIMING, size, received_at),
+                "INSERT INTO files (inbox, relpath, processing_path, state, size, received_at, dev, ino)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (_b(inbox), os.fsencode(relpath), _b(processing_path), FileState.CLAIMING, size, utc_now(), dev, ino),
             )
-            return int(cur.lastrowid)  # type: ignore[arg-type]
+            return int(cur.lastrowid or 0)
+
+    def confirm_claim(self, file_id: int) -> None:
+        with self.transaction() as db:
+            self._move(db, "files", file_id, FileState.CLAIMED)
 
     def forget_claim(self, file_id: int) -> None:
         """The rename never happened (the file vanished or was taken): no trace should remain."""
         with self.transaction() as db:
             db.execute("DELETE FROM files WHERE id=? AND state=?", (file_id, FileState.CLAIMING))
 
-    def set_file(self, file_id: int, state: FileState | None = None, **fields: Any) -> None:
-        """Update a file's fields and, if given, move it to ``state`` (checked against ``jobs``)."""
+    def record_split(
+        self,
+        file_id: int,
+        chunks: Sequence[NewChunk],
+        *,
+        target: ImportTarget,
+        fmt: FileFormat,
+        rows: int,
+        notes: Sequence[str],
+    ) -> None:
+        """Record a file's chunks and where they go, and move it to ``split``."""
         with self.transaction() as db:
-            self._set(db, "files", file_id, state, fields)
+            self._move(db, "files", file_id, FileState.SPLIT)
+            db.execute(
+                "UPDATE files SET route=?, fmt=?, rows=? WHERE id=?", (target.to_json(), fmt.value, rows, file_id)
+            )
+            for note in notes:
+                self._note(db, file_id, note)
+            db.executemany(
+                "INSERT INTO chunks (file_id, idx, path, first_line, last_line, rows, size, state)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (file_id, c.index, _b(c.path), c.first_line, c.last_line, c.rows, c.size, ChunkState.PENDING)
+                    for c in chunks
+                ],
+            )
+
+    def settle(self, file_id: int, outcome: Outcome, *, error: str | None = None, line: int | None = None) -> None:
+        """The outcome is known (or the file was refused): move it to ``finishing``."""
+        with self.transaction() as db:
+            self._move(db, "files", file_id, FileState.FINISHING)
+            db.execute(
+                "UPDATE files SET outcome=?, error=?, error_line=? WHERE id=?",
+                (outcome.value, _text(error), line, file_id),
+            )
+
+    def set_outbox_names(self, file_id: int, names: Sequence[str]) -> None:
+        """Chosen once, before the first write, so a crash and a retry write the same names."""
+        with self.transaction() as db:
+            db.execute("UPDATE files SET outbox_files=? WHERE id=?", (json.dumps(list(names)), file_id))
+
+    def set_archive_target(self, file_id: int, path: Path) -> None:
+        """Saved before the move into the archive, so a crash after it still knows where it went."""
+        with self.transaction() as db:
+            db.execute("UPDATE files SET archived_to=? WHERE id=?", (_b(path), file_id))
+
+    def finish_file(self, file_id: int, *, finished_at: str, archived_to: Path | None) -> None:
+        with self.transaction() as db:
+            self._move(db, "files", file_id, FileState.DONE)
+            db.execute(
+                "UPDATE files SET finished_at=?, archived_to=? WHERE id=?", (finished_at, _b(archived_to), file_id)
+            )
 
     def add_note(self, file_id: int, note: str) -> None:
         with self.transaction() as db:
-            notes = json.loads(db.execute("SELECT notes FROM files WHERE id=?", (file_id,)).fetchone()[0])
-            if note not in notes:
-                notes.append(note)
-            db.execute("UPDATE files SET notes=? WHERE id=?", (json.dumps(notes), file_id))
+            self._note(db, file_id, note)
 
     def file(self, file_id: int) -> FileRow:
         row = self._db.execute("SELECT * FROM files WHERE id=?", (file_id,)).fetchone()
@@ -279,44 +387,97 @@ class Store:
     def files(self, states: Iterable[FileState] | None = None, *, limit: int | None = None) -> list[FileRow]:
         sql, args = "SELECT * FROM files", []
         if states is not None:
-            states = list(states)
-            sql += f" WHERE state IN ({','.join('?' * len(states))})"
-            args.extend(states)
+            wanted = list(states)
+            sql += f" WHERE state IN ({','.join('?' * len(wanted))})"
+            args.extend(wanted)
         sql += " ORDER BY id"
         if limit is not None:
             sql = f"SELECT * FROM ({sql.replace(' ORDER BY id', ' ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY id"
         return [_file_row(r) for r in self._db.execute(sql, args)]
 
+    def has_files(self, states: Iterable[FileState]) -> bool:
+        wanted = list(states)
+        sql = f"SELECT 1 FROM files WHERE state IN ({','.join('?' * len(wanted))}) LIMIT 1"  # noqa: S608
+        return self._db.execute(sql, wanted).fetchone() is not None
+
     # ---- chunks -----------------------------------------------------------
 
-    def add_chunks(self, file_id: int, chunks: Sequence[NewChunk], **file_fields: Any) -> None:
-        """Record a file's chunks and move it to ``split``, in one transaction."""
+    def mark_submitting(self, chunk_id: int) -> None:
+        """Saved right before the upload's bytes go out: a crash from here on is the ambiguous window."""
         with self.transaction() as db:
-            self._set(db, "files", file_id, FileState.SPLIT, file_fields)
-            db.executemany(
-                "INSERT INTO chunks (file_id, idx, path, first_line, last_line, rows, size, state)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (file_id, c.index, _b(c.path), c.first_line, c.last_line, c.rows, c.size, ChunkState.PENDING)
-                    for c in chunks
-                ],
+            self._move(db, "chunks", chunk_id, ChunkState.SUBMITTING)
+            db.execute("UPDATE chunks SET submits=submits+1 WHERE id=?", (chunk_id,))
+
+    def requeue(self, chunk_id: int, *, unknown: str | None = None, not_before: float | None = None) -> None:
+        """Back to ``pending``. ``unknown``: why the first copy may exist; counted and told in the status file."""
+        with self.transaction() as db:
+            self._move(db, "chunks", chunk_id, ChunkState.PENDING)
+            if unknown is None:
+                return
+            db.execute(
+                "UPDATE chunks SET resubmits=resubmits+1, not_before=? WHERE id=?", (not_before, chunk_id)
+            )
+            file_id, index = db.execute("SELECT file_id, idx FROM chunks WHERE id=?", (chunk_id,)).fetchone()
+            self._note(db, file_id, RESUBMIT_NOTE.format(index=index, why=unknown))
+
+    def record_batch(self, chunk_id: int, *, batch_id: int, status: str) -> None:
+        """Marketo accepted the chunk: from now on it is polled, never sent again."""
+        with self.transaction() as db:
+            self._move(db, "chunks", chunk_id, ChunkState.SUBMITTED)
+            db.execute(
+                "UPDATE chunks SET batch_id=?, marketo_status=?, submitted_at=? WHERE id=?",
+                (batch_id, status, utc_now(), chunk_id),
             )
 
-    def set_chunk(self, chunk_id: int, state: ChunkState | None = None, **fields: Any) -> None:
-        """Update a chunk's fields and, if given, move it to ``state`` (checked against ``jobs``)."""
+    def record_progress(self, chunk_id: int, *, status: str, counts: Counts) -> None:
         with self.transaction() as db:
-            self._set(db, "chunks", chunk_id, state, fields)
+            db.execute(
+                "UPDATE chunks SET marketo_status=?, processed=?, failed=?, warned=? WHERE id=?",
+                (status, counts.processed, counts.failed, counts.warned, chunk_id),
+            )
+
+    def finish_batch(self, chunk_id: int, *, status: str, message: str | None, counts: Counts) -> None:
+        """Complete or Failed: the result files are fetched next (``fetching``)."""
+        with self.transaction() as db:
+            self._move(db, "chunks", chunk_id, ChunkState.FETCHING)
+            db.execute(
+                "UPDATE chunks SET marketo_status=?, message=?, processed=?, failed=?, warned=? WHERE id=?",
+                (status, _text(message), counts.processed, counts.failed, counts.warned, chunk_id),
+            )
+
+    def store_results(
+        self, chunk_id: int, *, failures: Path | None, warnings: Path | None, counts: Counts | None = None
+    ) -> None:
+        """The result files are in the work area (``done``); ``counts`` fills counters Marketo left out."""
+        with self.transaction() as db:
+            self._move(db, "chunks", chunk_id, ChunkState.DONE)
+            db.execute(
+                "UPDATE chunks SET failures_path=?, warnings_path=? WHERE id=?", (_b(failures), _b(warnings), chunk_id)
+            )
+            if counts is not None:
+                db.execute(
+                    "UPDATE chunks SET processed=?, failed=?, warned=? WHERE id=?",
+                    (counts.processed, counts.failed, counts.warned, chunk_id),
+                )
+
+    def fail_chunk(self, chunk_id: int, error: str) -> None:
+        with self.transaction() as db:
+            self._move(db, "chunks", chunk_id, ChunkState.ERROR)
+            db.execute("UPDATE chunks SET error=? WHERE id=?", (_text(error), chunk_id))
 
     def chunk(self, chunk_id: int) -> ChunkRow:
-        return _chunk_row(self._db.execute("SELECT * FROM chunks WHERE id=?", (chunk_id,)).fetchone())
+        row = self._db.execute("SELECT * FROM chunks WHERE id=?", (chunk_id,)).fetchone()
+        if row is None:
+            raise KeyError(chunk_id)
+        return _chunk_row(row)
 
     def chunks_of(self, file_id: int) -> list[ChunkRow]:
         return [_chunk_row(r) for r in self._db.execute("SELECT * FROM chunks WHERE file_id=? ORDER BY idx", (file_id,))]
 
     def chunks(self, states: Iterable[ChunkState]) -> list[ChunkRow]:
-        states = list(states)
-        sql = f"SELECT * FROM chunks WHERE state IN ({','.join('?' * len(states))}) ORDER BY file_id, idx"
-        return [_chunk_row(r) for r in self._db.execute(sql, states)]
+        wanted = list(states)
+        sql = f"SELECT * FROM chunks WHERE state IN ({','.join('?' * len(wanted))}) ORDER BY file_id, idx"  # noqa: S608
+        return [_chunk_row(r) for r in self._db.execute(sql, wanted)]
 
     def counts(self) -> dict[str, int]:
         """Files by state and outcome, for ``dropzone status`` and metrics."""
@@ -326,32 +487,22 @@ class Store:
             out[key] = out.get(key, 0) + n
         return out
 
-    def _set(
-        self, db: sqlite3.Connection, table: str, row_id: int, state: FileState | ChunkState | None, fields: dict[str, Any]
-    ) -> None:
-        if state is not None:
-            old = db.execute(f"SELECT state FROM {table} WHERE id=?", (row_id,)).fetchone()[0]  # noqa: S608
-            if old != state:
-                if table == "files":
-                    check_file_transition(FileState(old), FileState(state))
-                else:
-                    check_chunk_transition(ChunkState(old), ChunkState(state))
-            fields["state"] = state
-        self._update(db, table, row_id, fields)
+    @staticmethod
+    def _move(db: sqlite3.Connection, table: str, row_id: int, new: FileState | ChunkState) -> None:
+        found = db.execute(f"SELECT state FROM {table} WHERE id=?", (row_id,)).fetchone()  # noqa: S608 - ours
+        if found is None:
+            raise KeyError(row_id)
+        if found[0] != new:
+            if table == "files":
+                check_file_transition(FileState(found[0]), FileState(new))
+            else:
+                check_chunk_transition(ChunkState(found[0]), ChunkState(new))
+        db.execute(f"UPDATE {table} SET state=? WHERE id=?", (new.value, row_id))  # noqa: S608
 
     @staticmethod
-    def _update(db: sqlite3.Connection, table: str, row_id: int, fields: dict[str, Any]) -> None:
-        if not fields:
-            return
-        values = []
-        for name, value in fields.items():
-            if isinstance(value, str):
-                # Messages may quote a partner's file name with bytes that are not UTF-8.
-                value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            if name in _FILE_JSON:
-                value = json.dumps(value) if value is not None else None
-            elif name in _PATH_FIELDS:
-                value = _b(value)
-            values.append(value)
-        assignments = ", ".join(f"{name}=?" for name in fields)
-        db.execute(f"UPDATE {table} SET {assignments} WHERE id=?", (*values, row_id))  # noqa: S608 - names are ours
+    def _note(db: sqlite3.Connection, file_id: int, note: str) -> None:
+        notes = json.loads(db.execute("SELECT notes FROM files WHERE id=?", (file_id,)).fetchone()[0])
+        note = _text(note) or ""
+        if note not in notes:
+            notes.append(note)
+        db.execute("UPDATE files SET notes=? WHERE id=?", (json.dumps(notes), file_id))

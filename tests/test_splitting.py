@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dropzone.errors import ConfigError, SplitError
+from dropzone.defaults import SPLIT_MAX_BYTES as DEFAULT_MAX_BYTES
+from dropzone.errors import ConfigError, InputError, SplitError
+from dropzone.kinds import FileFormat
 from dropzone.splitting import (
-    DEFAULT_MAX_BYTES,
-    DELIMITERS,
     Chunk,
     SplitResult,
     format_manifest_line,
@@ -25,6 +25,8 @@ from dropzone.splitting import (
     split,
     split_file,
 )
+
+DELIMITERS = {f.value: f.delimiter_byte for f in FileFormat}
 
 
 class Sink:
@@ -462,9 +464,17 @@ def test_split_file_removes_its_chunks_on_error(tmp_path: Path) -> None:
     source.write_bytes(b"a,b\n" + b"1,2\n" * 50 + b"3,\xff\n")
     out = tmp_path / "out"
     with pytest.raises(SplitError) as info:
-        split_file(source, out, max_bytes=20)
+        split_file(source, out, fmt="csv", max_bytes=20)
     assert info.value.line == 52
     assert list(out.iterdir()) == []
+
+
+def test_split_file_takes_no_guess_at_txt(tmp_path: Path) -> None:
+    """One extension rule for the daemon and ``dropzone split``: .txt needs the format given."""
+    source = tmp_path / "leads.txt"
+    source.write_bytes(b"a\n1\n")
+    with pytest.raises(SplitError, match="unsupported extension"):
+        split_file(source, tmp_path / "out")
 
 
 def test_split_file_refuses_unknown_extensions(tmp_path: Path) -> None:
@@ -473,3 +483,42 @@ def test_split_file_refuses_unknown_extensions(tmp_path: Path) -> None:
     with pytest.raises(SplitError, match="unsupported extension"):
         split_file(source, tmp_path / "out")
     assert split_file(source, tmp_path / "out", fmt="csv").rows == 1
+
+
+class TestHeaderCheck:
+    def test_refusal_comes_before_any_chunk_is_written(self) -> None:
+        """A header the check refuses: nothing is written, however large the file."""
+        opened: list[int] = []
+
+        @contextlib.contextmanager
+        def open_chunk(index: int) -> Iterator[BinaryIO]:
+            opened.append(index)
+            yield io.BytesIO()
+
+        def refuse(fields: list[str]) -> list[str]:
+            raise InputError("bad header", line=1)
+
+        data = b"email\n" + b"a@example.com\n" * 100_000
+        with pytest.raises(InputError, match="bad header"):
+            split(io.BytesIO(data), open_chunk, max_bytes=100_000, header_check=refuse)
+        assert opened == []
+
+    def test_changed_names_are_written_to_every_chunk_and_lines_keep_counting_the_source(self) -> None:
+        chunks: dict[int, io.BytesIO] = {}
+
+        @contextlib.contextmanager
+        def open_chunk(index: int) -> Iterator[BinaryIO]:
+            chunks[index] = io.BytesIO()
+            yield chunks[index]
+
+        data = b" email , first name\r\n" + b"a@example.com,Ann\r\n" * 10
+        result = split(
+            io.BytesIO(data), open_chunk, max_bytes=80, header_check=lambda names: [n.strip() for n in names]
+        )
+        assert result.header_fields == ["email", "first name"]
+        assert len(chunks) > 1
+        for sink in chunks.values():
+            assert sink.getvalue().startswith(b"email,first name\r\n")
+        assert result.chunks[0].first_line == 2
+        assert result.chunks[0].source_start == len(b" email , first name\r\n")
+        assert result.rows == 10
