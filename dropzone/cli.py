@@ -43,26 +43,22 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """Validate the configuration, the folders and (unless --offline) the credentials."""
+    import dataclasses
     import json
 
-    from dropzone import config as config_module
-    from dropzone.marketo import ClientSettings, MarketoClient
+    from dropzone.marketo import MarketoClient
+    from dropzone.preflight import check_paths
 
     cfg = _load(args)
-    problems = config_module.check_paths(cfg)
+    problems = check_paths(cfg)
     print(json.dumps(cfg.redacted(), indent=2, default=str))
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     if problems:
         return 1
     if not args.offline:
-        m = cfg.marketo
-        client = MarketoClient(
-            ClientSettings(
-                endpoint=m.endpoint, identity=m.identity, client_id=m.client_id, client_secret=m.client_secret,
-                connect_timeout=m.connect_timeout, read_timeout=m.read_timeout, max_retry_seconds=0,
-            )
-        )
+        # One Identity call, no retries: the operator is waiting for an answer.
+        client = MarketoClient(dataclasses.replace(cfg.marketo, max_retry_seconds=0))
         try:
             client.check_credentials()
         finally:
@@ -87,16 +83,15 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from dropzone import logs
     from dropzone.daemon import Daemon
-
-    from dropzone import config as config_module
     from dropzone.errors import ConfigError
+    from dropzone.preflight import check_paths
 
     cfg = _load(args)
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)  # ours to create, unlike the partners' folders
     except OSError as exc:
         raise ConfigError(f"{cfg.source}: state_dir: cannot create {cfg.state_dir}: {exc.strerror}") from None
-    problems = config_module.check_paths(cfg)
+    problems = check_paths(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
     logs.configure(json=cfg.log.json, level=cfg.log.level.value)
@@ -182,12 +177,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from dropzone.simulator.cli import main as simulate_main
-
-    return simulate_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dropzone",
@@ -242,14 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--encoding", default=None, metavar="NAME", help="source encoding to transcode from (e.g. cp1252)")
     split.set_defaults(handler=_cmd_split)
 
-    simulate = sub.add_parser(
+    # Listed for --help only: main() hands "simulate" to the simulator's own parser.
+    sub.add_parser(
         "simulate",
         help="run the bundled Marketo bulk-import simulator on 127.0.0.1",
         description="Run the Marketo bulk-import simulator. Options are passed through; see 'dropzone simulate --help'.",
         add_help=False,
     )
-    simulate.add_argument("rest", nargs=argparse.REMAINDER)
-    simulate.set_defaults(handler=_cmd_simulate)
     return parser
 
 

@@ -100,3 +100,26 @@ PREPARES_PER_PASS: Final = 4
 """Files split in one pass; a split may take seconds."""
 TRACKED_PER_INBOX: Final = 10_000
 """Candidates one inbox tracks between scans; beyond it, names wait for the next scan."""
+
+# --- Replies ---------------------------------------------------------------------
+
+CALL_DEADLINE_S: Final = 60.0
+"""Wall-clock bound on one Identity or status call, reply included. Per-read
+timeouts alone let a reply trickled byte by byte hold the daemon for ever;
+Marketo itself gives up on a request after about 30 s (604)."""
+TRANSFER_DEADLINE_S: Final = 600.0
+"""The same bound for an import upload or a failure/warning file download:
+a 10 MB chunk at a slow 20 KB/s, with a margin."""
+MAX_REPLY_BYTES: Final = 1 << 20
+"""Largest JSON reply read (Identity, submit, status); Marketo's are a few hundred bytes."""
+MAX_RESULT_FILE_BYTES: Final = 64 << 20
+"""Largest failure or warning file read: it echoes one chunk's rows (under 10 MB) plus a reason each."""
+RETRY_AFTER_MAX_S: Final = 3_600.0
+"""A Retry-After beyond this is taken as this: a broken proxy must not park the daemon for days."""
+TOKEN_REFRESH_MARGIN_S: Final = 60.0
+"""A token with less life left is not used for a new call: an upload may take that long, and
+Identity hands back the same token until it expires, so a dying one is waited out."""
+MAX_TOKEN_WAITS: Final = 5
+"""Identity may keep answering ``expires_in`` 0; after this many waits its token is used anyway."""
+MAX_AUTH_RETRIES: Final = 3
+"""601/602 on fresh tokens more often than this in one call: the credentials or role are the problem."""

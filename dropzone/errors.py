@@ -8,16 +8,22 @@ client secret or an access token.
   x InputError                  a partner file we will not send; goes to the outbox
     + SplitError                the file cannot be cut into valid chunks (carries a line number)
   x StoreError                  the journal is unusable, or another daemon holds it
-  x MarketoError                carries Marketo's code (a string) and message
-    + TransientError            502, 604, 608, 611, 614, 713, 719, 5xx, resets: retried, then raised
-    + ThrottledError            606 / 615: the rate or concurrency window; retried, then raised
-    + TryLaterError             the import queue is full (1016) or the list is busy (1019)
-      + QueueFullError          1016
-      + ListBusyError           1019
+  x MarketoError                carries Marketo's code (a string), its message and any Retry-After
+    + TransientError            not executed, or a GET that can be repeated: 604, 608, 611, 614, a
+                                refused connection; on GETs also 502/713/719, any HTTP error or
+                                unreadable reply. Retried, then raised (``retry_after`` if given)
+    + ThrottledError            606 / 615 / HTTP 429: the rate or concurrency window; retried, then raised
+    + TryLaterError             Marketo asks us to come back later (not executed)
+      + QueueFullError          1016 (and 1029): the instance's import queue is full
+      + ListBusyError           1019: the target static list is being imported to
     + QuotaExceededError        607: no call will work before ``resume_at``
-    + AuthError                 Identity refused the credentials, or 601/602 would not clear
+    + MisconfiguredError        the integration, not the file, is wrong: 603 (role or IP allow-list),
+                                610, 616, 1026; ``scope`` "route" for 1008/1009/1013/1025 on a submit
+      + AuthError               Identity refused the credentials, or 601/602 would not clear
     + RejectedError             Marketo refused this request: retrying the same request cannot help
-    + OutcomeUnknownError       a POST whose reply was lost: Marketo may or may not have the job
+      + BatchNotFoundError      status/failures/warnings: Marketo does not know the batch (1003/1013)
+    + OutcomeUnknownError       an import POST whose bytes may have reached Marketo and whose answer
+                                did not say "not executed"; ``reason`` says why, briefly
 """
 
 from __future__ import annotations
@@ -60,13 +66,18 @@ class MarketoError(DropzoneError):
     """An answer (or a non-answer) from Marketo that ended a call.
 
     ``code`` is Marketo's error code as a string ("606"), or ``"HTTP 413"``
-    style for HTTP-level errors, or ``None`` for network failures.
+    style for HTTP-level errors, a short label ("reply not JSON") for replies
+    that could not be read, or ``None`` for network failures. ``retry_after``
+    is the server's Retry-After in seconds, when it sent one.
     """
 
-    def __init__(self, message: str, *, code: str | None = None, endpoint: str = "") -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, endpoint: str = "", retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.endpoint = endpoint
+        self.retry_after = retry_after
 
 
 class TransientError(MarketoError):
@@ -97,20 +108,47 @@ class QuotaExceededError(MarketoError):
         self.resume_at = resume_at
 
 
-class AuthError(MarketoError):
+class MisconfiguredError(MarketoError):
+    """The integration is set up wrong (in Marketo's admin or in ``marketo:``/a route), not the file.
+
+    Retrying the file cannot help and failing it would be wrong: pause and let
+    an operator fix what the message names. ``scope`` is ``"instance"`` when
+    every call is affected, ``"route"`` when only imports with this route's
+    parameters (partition, list, program, status) are.
+    """
+
     exit_code: ClassVar[int] = 3
+
+    def __init__(self, message: str, *, code: str | None = None, endpoint: str = "", scope: str = "instance") -> None:
+        super().__init__(message, code=code, endpoint=endpoint)
+        self.scope = scope
+
+
+class AuthError(MisconfiguredError):
+    """Identity refused the client id/secret, or Marketo kept refusing fresh tokens."""
 
 
 class RejectedError(MarketoError):
     pass
 
 
-class OutcomeUnknownError(MarketoError):
-    """The request went out and its answer was lost.
+class BatchNotFoundError(RejectedError):
+    """Marketo's own answer that it does not know this batch (unknown, or past its 7 days): the batch is over."""
 
-    Raised only for calls that create something (import submissions): the
-    caller, who holds the journal, decides whether to resubmit.
+
+class OutcomeUnknownError(MarketoError):
+    """An import POST whose answer does not say whether Marketo created the job.
+
+    Its bytes may have reached Marketo (a lost or late reply, a 5xx, a reply
+    that is not JSON or has no batchId). Raised only for calls that create
+    something: the caller, who holds the journal, decides whether to
+    resubmit. ``reason`` is short and stable ("HTTP 502", "reply not JSON",
+    "connection lost after sending", "deadline passed"...), for status notes.
     """
+
+    def __init__(self, message: str, *, reason: str, code: str | None = None, endpoint: str = "") -> None:
+        super().__init__(message, code=code, endpoint=endpoint)
+        self.reason = reason
 
 
 class Interrupted(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt

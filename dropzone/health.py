@@ -103,6 +103,7 @@ class Metrics:
         self._watchers_alive = False
         self._marketo_ok_at: float | None = None
         self._marketo_failing_since: float | None = None
+        self._misconfigured: str | None = None
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -152,6 +153,11 @@ class Metrics:
             "dropzone_seconds_since_last_successful_poll",
             "Seconds since a batch status poll last succeeded; NaN before the first.", registry=r,
         ).set_function(lambda: self._since(self._last_poll))
+        self.integration_refused = Gauge(
+            "dropzone_marketo_integration_refused",
+            "1 while Marketo refuses this integration itself (603 access denied, IP allow-list, bad "
+            "credentials): submissions are paused, no file fails for it.", registry=r,
+        )
         Gauge(
             "dropzone_seconds_since_last_tick", "Seconds since the main loop last started a pass.", registry=r,
         ).set_function(lambda: self._since(self._last_tick))
@@ -222,6 +228,12 @@ class Metrics:
             if watchers_alive is not None:
                 self._watchers_alive = watchers_alive
 
+    def set_misconfigured(self, reason: str | None) -> None:
+        """Marketo refuses this integration itself (603, credentials): not ready until it clears."""
+        with self._lock:
+            self._misconfigured = reason
+        self.integration_refused.set(1 if reason else 0)
+
     # ---- verdicts ------------------------------------------------------------
 
     def liveness(self) -> Check:
@@ -241,6 +253,9 @@ class Metrics:
                 Check("watchers", self._watchers_alive,
                       "all alive" if self._watchers_alive else "an inbox watcher is dead (or not started yet)"),
             ]
+            refused = self._misconfigured
+        if refused is not None:
+            checks.append(Check("marketo_access", False, f"Marketo refuses this integration: {refused}"))
         if failing_since is not None:
             failing_for = now - failing_since
             last = "never answered" if ok_at is None else f"last answered {now - ok_at:.0f} s ago"

@@ -262,6 +262,7 @@ class Pause(enum.StrEnum):
     LIST = "list"  # 1019: imports into that list wait
     API = "api"  # daily quota: every call waits
     MISCONFIGURED = "misconfigured"  # 603, bad credentials: every submit waits; /readyz says why
+    TARGET = "target"  # a route's target is refused (no such list, program, partition): its imports wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +285,9 @@ def after_submit(error: BaseException | None) -> SubmitDecision:
             return SubmitDecision(ChunkAction.RECORD_BATCH)
         case errors.OutcomeUnknownError():
             return SubmitDecision(ChunkAction.REQUEUE_UNKNOWN)
-        case errors.MisconfiguredError() | errors.AuthError():
+        case errors.MisconfiguredError(scope="route"):
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.TARGET)
+        case errors.MisconfiguredError():
             return SubmitDecision(ChunkAction.REQUEUE, Pause.MISCONFIGURED, stop=True)
         case errors.RejectedError() if error.endpoint == "identity":
             return SubmitDecision(ChunkAction.REQUEUE, Pause.MISCONFIGURED, stop=True)
@@ -318,7 +321,7 @@ def pause_seconds(pause: Pause, *, streak: int = 1, quota_resets_in: float = 0.0
             return D.LIST_BUSY_PAUSE_S
         case Pause.API:
             return max(D.QUOTA_PAUSE_MIN_S, quota_resets_in)
-        case Pause.MISCONFIGURED:
+        case Pause.MISCONFIGURED | Pause.TARGET:
             return D.MISCONFIGURED_PAUSE_S
         case Pause.SUBMITS:
             return D.TRANSIENT_PAUSE_S
@@ -353,7 +356,7 @@ def after_poll(error: BaseException | None, *, finished: bool = False) -> PollAc
             return PollAction.FINISHED if finished else PollAction.WAIT
         case errors.BatchNotFoundError():
             return PollAction.GONE
-        case errors.QuotaExceededError() | errors.AuthError() | errors.MisconfiguredError():
+        case errors.QuotaExceededError() | errors.MisconfiguredError():
             return PollAction.PAUSE_API
         case _:
             return PollAction.RETRY

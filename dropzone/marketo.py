@@ -1,112 +1,135 @@
 """The Marketo bulk-import client: token, submit, status, failures and warnings.
 
-Owns every byte that crosses the wire to Marketo and the translation of
-Marketo's answers into results or ``dropzone.errors`` exceptions. It does not
-decide what to do with a file, a queue slot or a lost reply: those belong to
-the daemon and its journal.
+Owns every call to Marketo: when it may go (token, rate window, in-flight
+limit), whether to send it again, and what it returned. It does not decide
+what to do with a file, a queue slot or a lost reply: those belong to the
+daemon and its journal. The wire is ``dropzone.transport``; reading replies
+is ``dropzone.replies``.
 
 Rules it keeps, each from ``shared/docs/marketo-bulk-import.md``:
 
 * The token travels only in ``Authorization: Bearer`` (the query parameter is
   being removed). Identity returns the same token until it expires, so a token
   about to expire is waited out rather than asked for in a loop.
-* Errors are classified by Marketo's code (a string), never by message text.
-* A POST whose reply was lost is never resent: ``OutcomeUnknownError``.
-* No secret or token is ever put in an exception, a repr or a log event:
-  messages name the method and path, never a URL with its query string.
+* An import POST is sent again only when Marketo said it was not executed
+  (6xx, 1016, 1019, 1029) or the connection was refused before any byte
+  left. Anything else that is not a clean answer is ``OutcomeUnknownError``.
+* Every exchange is bounded in time and size (``ReplyLimits``).
+* No secret or token is ever put in an exception, a repr, a log event or a
+  ``CallRecord``: messages name the method and path, never a URL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import enum
 import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import structlog
-from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
-import urllib3.exceptions as u3
-from urllib3.util.retry import Retry
 
-from dropzone import __version__, throttle
-from dropzone.errors import (
-    AuthError,
-    ListBusyError,
-    MarketoError,
-    OutcomeUnknownError,
-    QueueFullError,
-    QuotaExceededError,
-    RejectedError,
-    ThrottledError,
-    TransientError,
-)
+from dropzone import defaults as D
+from dropzone import throttle, transport
+from dropzone.config import MarketoSettings
+from dropzone.errors import AuthError, MarketoError, OutcomeUnknownError, ThrottledError, TransientError
+from dropzone.kinds import FileFormat, ObjectKind
+from dropzone.replies import BatchStatus, Endpoint, TokenRefusedError, Where, interpret, parse_batch, parse_identity
+from dropzone.transport import ReplyLimits, make_session
 
 log = structlog.get_logger("dropzone.marketo")
 
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
-#: Marketo gives up on a request after about 30 s (604); an upload of 10 MB
-#: over a slow uplink needs more than that to *send*, so reads get a margin.
-DEFAULT_READ_TIMEOUT_S = 120.0
-#: How long one call keeps retrying transient errors before giving up.
-DEFAULT_MAX_RETRY_S = 300.0
-#: A token with this little life left is not used for a new call.
-TOKEN_SKEW_S = 1.0
-#: 601/602 more often than this in one call means the credentials are the problem.
-MAX_AUTH_RETRIES = 3
-#: Identity may keep handing out a token with ``expires_in`` 0; stop waiting after this many.
-MAX_TOKEN_WAITS = 5
+T = TypeVar("T")
 
-# Classification by Marketo error code (strings, as Marketo sends them).
-TOKEN_CODES = frozenset({"600", "601", "602"})
-RETRY_CODES = frozenset({"502", "604", "608", "611", "614", "713", "719"})
-THROTTLE_CODES = frozenset({"606", "615"})
-QUOTA_CODE = "607"
-QUEUE_FULL_CODE = "1016"
-LIST_BUSY_CODE = "1019"
+_REDACTED = "[redacted]"
 
-
-class ObjectKind(enum.StrEnum):
-    LEADS = "leads"
-    CUSTOM_OBJECT = "customobject"
-    PROGRAM_MEMBER = "programmember"
-
-
-class Endpoint(enum.StrEnum):
-    """What a call was for; used in errors, logs and metrics."""
-
-    IDENTITY = "identity"
-    IMPORT = "import"
-    STATUS = "status"
-    FAILURES = "failures"
-    WARNINGS = "warnings"
+# ImportTarget's fields under Marketo's parameter names, and which kind takes which.
+_JSON_NAMES: dict[str, str] = {
+    "lookup_field": "lookupField",
+    "list_id": "listId",
+    "partition_name": "partitionName",
+    "api_name": "apiName",
+    "program_id": "programId",
+    "program_member_status": "programMemberStatus",
+}
+_FIELDS_BY_JSON = {v: k for k, v in _JSON_NAMES.items()}
+_KIND_FIELDS: dict[ObjectKind, frozenset[str]] = {
+    ObjectKind.LEADS: frozenset({"lookup_field", "list_id", "partition_name"}),
+    ObjectKind.CUSTOM_OBJECT: frozenset({"api_name"}),
+    ObjectKind.PROGRAM_MEMBER: frozenset({"program_id", "program_member_status"}),
+}
+_INT_FIELDS = frozenset({"list_id", "program_id"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImportTarget:
-    """Where rows go, with the parameters Marketo takes for that kind of import."""
+    """Where rows go, with the parameters Marketo takes for that kind of import.
+
+    What the journal stores for a file (``to_json``/``from_json``), under
+    Marketo's own parameter names. Invalid combinations raise ValueError.
+    """
 
     kind: ObjectKind
     lookup_field: str | None = None
     list_id: int | None = None
     partition_name: str | None = None
     api_name: str | None = None
-    program_id: str | None = None
+    program_id: int | None = None  # Marketo's path segment is the program's numeric id
     program_member_status: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kind, ObjectKind):
+            raise ValueError(f"object must be one of {[k.value for k in ObjectKind]}, not {self.kind!r}")
+        for name, key in _JSON_NAMES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name not in _KIND_FIELDS[self.kind]:
+                raise ValueError(f"{key} does not apply to a {self.kind.value} import")
+            if name in _INT_FIELDS:
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"{key} must be a positive integer, not {value!r}")
+            elif not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{key} must be a non-empty string, not {value!r}")
         if self.kind is ObjectKind.CUSTOM_OBJECT and not self.api_name:
             raise ValueError("a custom object import needs apiName")
         if self.kind is ObjectKind.PROGRAM_MEMBER and not (self.program_id and self.program_member_status):
             raise ValueError("a program member import needs programId and programMemberStatus")
+
+    def to_json(self) -> str:
+        """A stable text: sorted keys, no spaces, parameters not set left out."""
+        doc: dict[str, str | int] = {"object": self.kind.value}
+        for name, key in _JSON_NAMES.items():
+            value = getattr(self, name)
+            if value is not None:
+                doc[key] = value
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ImportTarget:
+        """The target ``to_json`` wrote; ValueError for anything else (a damaged journal)."""
+        try:
+            doc = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"an import target must be JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError("an import target must be a JSON object")
+        unknown = sorted(set(doc) - {"object", *_FIELDS_BY_JSON})
+        if unknown:
+            raise ValueError(f"unknown import target keys {unknown}")
+        raw = doc.get("object")
+        if not isinstance(raw, str) or raw not in {k.value for k in ObjectKind}:
+            raise ValueError(f"unknown object {raw!r}; one of {[k.value for k in ObjectKind]}")
+        kind = ObjectKind(raw)
+        params = {_FIELDS_BY_JSON[k]: v for k, v in doc.items() if k != "object" and v is not None}
+        return cls(kind=kind, **params)
 
     def submit_path(self) -> str:
         match self.kind:
@@ -115,7 +138,7 @@ class ImportTarget:
             case ObjectKind.CUSTOM_OBJECT:
                 return f"/bulk/v1/customobjects/{_segment(self.api_name)}/import.json"
             case ObjectKind.PROGRAM_MEMBER:
-                return f"/bulk/v1/program/{_segment(self.program_id)}/members/import.json"
+                return f"/bulk/v1/program/{int(self.program_id or 0)}/members/import.json"
 
     def batch_path(self, batch_id: int, leaf: str) -> str:
         """Status (``leaf`` "status"), failures or warnings path: each kind spells them differently."""
@@ -130,9 +153,9 @@ class ImportTarget:
                 # Program-member batches are addressed without the programId.
                 return f"/bulk/v1/program/members/import/{int(batch_id)}/{leaf}.json"
 
-    def query(self, fmt: str) -> dict[str, str]:
+    def query(self, fmt: FileFormat) -> dict[str, str]:
         """Submit parameters, in the query string where Marketo's reference declares them."""
-        params = {"format": fmt}
+        params = {"format": fmt.value}
         if self.kind is ObjectKind.LEADS:
             if self.lookup_field:
                 params["lookupField"] = self.lookup_field
@@ -150,84 +173,25 @@ def _segment(value: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchStatus:
-    """One batch as Marketo reports it (after a submit or a status call)."""
-
-    batch_id: int
-    status: str
-    processed: int = 0
-    failed: int = 0
-    warned: int = 0
-    message: str = ""
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in ("Complete", "Failed")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientSettings:
-    endpoint: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    identity: str | None = None
-    calls_per_window: int = throttle.DEFAULT_CALLS_PER_WINDOW
-    max_concurrent_calls: int = throttle.MAX_CONCURRENT_CALLS
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
-    read_timeout: float = DEFAULT_READ_TIMEOUT_S
-    max_retry_seconds: float = DEFAULT_MAX_RETRY_S
-
-    @property
-    def identity_url(self) -> str:
-        return (self.identity or f"{self.endpoint.rstrip('/')}/identity").rstrip("/")
-
-
-@dataclass(frozen=True, slots=True)
 class CallRecord:
     """One HTTP exchange, for metrics and tests: never holds a URL query or a token."""
 
     endpoint: Endpoint
     method: str
     path: str
-    outcome: str  # "ok", a Marketo code ("606"), "HTTP 503", or an exception class name
+    outcome: str  # "ok", a Marketo code ("606"), "HTTP 503", a reason ("reply not JSON") or an exception class name
     seconds: float
 
 
-def make_session(settings: ClientSettings) -> requests.Session:
-    """A session whose transport retries only what is safe to repeat.
-
-    Connection failures are retried for every method (nothing was sent);
-    read errors and 5xx only for GET, because a POST body is a one-shot
-    stream and a repeated import would be a second job.
-    """
-    retry = Retry(
-        total=3,
-        connect=3,
-        read=2,
-        status=2,
-        other=0,
-        allowed_methods=frozenset({"GET"}),
-        status_forcelist=(500, 502, 503, 504),
-        backoff_factor=0.5,
-        backoff_jitter=0.5,
-        raise_on_status=False,
-        respect_retry_after_header=True,
-    )
-    session = requests.Session()
-    session.trust_env = False  # no proxy or netrc surprises on a daemon; proxies can be set explicitly
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=settings.max_concurrent_calls)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = f"dropzone/{__version__}"
-    return session
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, TokenRefusedError):
+        return exc.code
+    if isinstance(exc, OutcomeUnknownError):
+        return exc.code or exc.reason
+    return (exc.code if isinstance(exc, MarketoError) else None) or type(exc).__name__
 
 
-class _TokenRefused(Exception):
-    """Internal: Marketo said 600/601/602 for the token we sent; refresh and retry."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
+_Body = Callable[[], tuple[MultipartEncoder, contextlib.ExitStack]]
 
 
 class MarketoClient:
@@ -237,24 +201,32 @@ class MarketoClient:
     shared by every thread using the client.
 
     Args:
-        settings: endpoint, credentials, limits and timeouts.
-        session: an injected session (tests, proxies); made by ``make_session`` otherwise.
+        settings: endpoint, credentials, limits and timeouts (``marketo:`` of the configuration).
+        session: an injected session (tests, proxies); ``make_session`` otherwise. Only a session
+            made by ``make_session`` bounds a reply trickled inside one read.
         sleep: how to wait; the daemon passes one that wakes up on shutdown.
-        clock: monotonic seconds.
+        clock: monotonic seconds, for retries, the rate window and the token's life. Deadlines on
+            the wire always use ``time.monotonic``: sockets live in real time.
+        now_utc: the wall clock, for the daily quota and Retry-After dates.
         on_call: called once per HTTP exchange with a ``CallRecord``.
+        limits: deadlines and size caps of replies.
     """
 
     def __init__(
         self,
-        settings: ClientSettings,
+        settings: MarketoSettings,
         *,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-        now_utc: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        now_utc: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_call: Callable[[CallRecord], None] | None = None,
+        limits: ReplyLimits = ReplyLimits(),  # noqa: B008 - frozen, so sharing it is safe
     ) -> None:
+        if not 1 <= settings.max_concurrent_calls <= D.MARKETO_MAX_CONCURRENT_CALLS:
+            raise ValueError(f"max_concurrent_calls must be between 1 and {D.MARKETO_MAX_CONCURRENT_CALLS}")
         self.settings = settings
+        self.limits = limits
         self._session = session or make_session(settings)
         self._sleep = sleep
         self._clock = clock
@@ -264,9 +236,10 @@ class MarketoClient:
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._token_lock = threading.Lock()
         self._token: str | None = None
+        self._old_token: str | None = None
         self._token_expires_at = 0.0
         self._rate_lock = threading.Lock()
-        self._window = throttle.RateWindow(settings.calls_per_window)
+        self._window = throttle.RateWindow(settings.calls_per_20s)
         self._in_flight = threading.BoundedSemaphore(settings.max_concurrent_calls)
         self.token_refreshes = 0
 
@@ -283,7 +256,7 @@ class MarketoClient:
         target: ImportTarget,
         path: Path,
         *,
-        fmt: str,
+        fmt: FileFormat,
         before_send: Callable[[], None] | None = None,
         not_executed: Callable[[], None] | None = None,
     ) -> BatchStatus:
@@ -291,18 +264,21 @@ class MarketoClient:
 
         ``before_send`` runs right before each attempt's request goes out, after
         the token and the rate window; ``not_executed`` runs when an attempt was
-        answered with an error that means Marketo did not run it (6xx, 5xx, a
-        refused connection), before the client waits to retry. The journal
-        records the intent in the first and clears it in the second, so time
-        spent waiting is never mistaken for an upload in flight.
+        answered in a way that means Marketo did not run it (a 6xx, 1016, 1019,
+        a refusal, a refused connection), before the client waits to retry or
+        raises. Neither runs for an outcome-unknown answer: the journal keeps
+        the intent recorded by the first.
 
         Raises:
             QueueFullError, ListBusyError: Marketo's queue or the target list is busy; try later.
-            OutcomeUnknownError: the request went out and its reply was lost.
-            RejectedError: Marketo refused the request (bad parameters, 413, 1003, ...).
+            OutcomeUnknownError: the request may have reached Marketo and its answer does not say.
+            MisconfiguredError: the integration is wrong (603, bad credentials, a route parameter).
+            RejectedError: Marketo refused this file or request (1003, 1006, 413, ...).
+            TransientError, ThrottledError, QuotaExceededError: not executed; retried until
+                ``max_retry_seconds``, then raised.
         """
-        if fmt not in ("csv", "tsv", "ssv"):
-            raise ValueError(f"format must be csv, tsv or ssv, not {fmt!r}")
+        if not isinstance(fmt, FileFormat):
+            raise TypeError(f"fmt must be a FileFormat, not {fmt!r}")
 
         def body() -> tuple[MultipartEncoder, contextlib.ExitStack]:
             # A fresh encoder over a freshly opened file on every attempt: the
@@ -311,28 +287,30 @@ class MarketoClient:
             handle = stack.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by the stack
             return MultipartEncoder(fields={"file": (path.name, handle, "text/csv")}), stack
 
-        data = self._call(
-            "POST",
-            target.submit_path(),
-            Endpoint.IMPORT,
+        where = Where(Endpoint.IMPORT, "POST", target.submit_path())
+        return self._call(
+            where,
+            lambda data: parse_batch(data, where),
             params=target.query(fmt),
             body=body,
             before_send=before_send,
             not_executed=not_executed,
         )
-        return _parse_batch(data, Endpoint.IMPORT)
 
     def status(self, target: ImportTarget, batch_id: int) -> BatchStatus:
-        data = self._call("GET", target.batch_path(batch_id, "status"), Endpoint.STATUS)
-        return _parse_batch(data, Endpoint.STATUS)
+        """The batch's status; BatchNotFoundError only when Marketo itself says it has no such batch."""
+        where = Where(Endpoint.STATUS, "GET", target.batch_path(batch_id, "status"))
+        return self._call(where, lambda data: parse_batch(data, where, batch_id=int(batch_id)))
 
     def failures(self, target: ImportTarget, batch_id: int) -> bytes | None:
         """The failure file's bytes, or None when Marketo has no failure rows (404 or empty 200)."""
-        return self._call("GET", target.batch_path(batch_id, "failures"), Endpoint.FAILURES, file=True)
+        where = Where(Endpoint.FAILURES, "GET", target.batch_path(batch_id, "failures"))
+        return self._call(where, _file_or_none, file=True)
 
     def warnings(self, target: ImportTarget, batch_id: int) -> bytes | None:
         """The warning file's bytes, or None when Marketo has no warning rows (404 or empty 200)."""
-        return self._call("GET", target.batch_path(batch_id, "warnings"), Endpoint.WARNINGS, file=True)
+        where = Where(Endpoint.WARNINGS, "GET", target.batch_path(batch_id, "warnings"))
+        return self._call(where, _file_or_none, file=True)
 
     def check_credentials(self) -> None:
         """Fetch a token; raises AuthError on bad credentials. For ``dropzone check``."""
@@ -342,12 +320,14 @@ class MarketoClient:
 
     def _get_token(self) -> str:
         with self._token_lock:
-            if self._token and self._clock() < self._token_expires_at - TOKEN_SKEW_S:
+            if self._token and self._clock() < self._token_expires_at - D.TOKEN_REFRESH_MARGIN_S:
                 return self._token
             waits = 0
             while True:
                 token, expires_in = self._fetch_token()
-                if expires_in > TOKEN_SKEW_S or waits >= MAX_TOKEN_WAITS:
+                if expires_in > D.TOKEN_REFRESH_MARGIN_S or waits >= D.MAX_TOKEN_WAITS:
+                    if token != self._token:
+                        self._old_token = self._token
                     self._token = token
                     self._token_expires_at = self._clock() + expires_in
                     self.token_refreshes += 1
@@ -357,12 +337,13 @@ class MarketoClient:
                 # asking again now would only get it again. Wait it out.
                 waits += 1
                 log.info("token_expiring_waiting", seconds=round(expires_in + 0.5, 3))
-                self._sleep(max(0.0, expires_in) + 0.5)
+                self._sleep(expires_in + 0.5)
 
     def _drop_token(self, token: str) -> None:
         with self._token_lock:
             if self._token == token:
                 self._token = None
+                self._old_token = token
 
     def _fetch_token(self) -> tuple[str, float]:
         deadline = self._clock() + self.settings.max_retry_seconds
@@ -370,81 +351,48 @@ class MarketoClient:
         while True:
             try:
                 return self._identity_once()
-            except TransientError:
-                delay = throttle.backoff(attempt)
+            except TransientError as exc:
+                delay = max(throttle.backoff(attempt), exc.retry_after or 0.0)
                 if self._clock() + delay > deadline:
                     raise
                 attempt += 1
                 self._sleep(delay)
 
     def _identity_once(self) -> tuple[str, float]:
+        where = Where(Endpoint.IDENTITY, "GET", "/oauth/token")
         params = {
             "grant_type": "client_credentials",
             "client_id": self.settings.client_id,
             "client_secret": self.settings.client_secret,
         }
-        path = "/oauth/token"
         started = self._clock()
         outcome = "ok"
         try:
-            with self._translate(Endpoint.IDENTITY, "GET", path, idempotent=True):
-                resp = self._session.get(
-                    self.settings.identity_url + path,
-                    params=params,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                )
-            if resp.status_code in (400, 401):
-                body = _json_or_none(resp) or {}
-                reason = body.get("error_description") or body.get("error") or "refused"
-                outcome = f"HTTP {resp.status_code}"
-                raise AuthError(
-                    f"Marketo Identity refused client id {self.settings.client_id!r}: {reason} "
-                    f"(HTTP {resp.status_code}). Check client_id and client_secret in the configuration.",
-                    code=f"HTTP {resp.status_code}",
-                    endpoint=Endpoint.IDENTITY,
-                )
-            if resp.status_code >= 500:
-                outcome = f"HTTP {resp.status_code}"
-                raise TransientError(
-                    f"Marketo Identity answered HTTP {resp.status_code}",
-                    code=outcome,
-                    endpoint=Endpoint.IDENTITY,
-                )
-            body = _json_or_none(resp)
-            if resp.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-                outcome = f"HTTP {resp.status_code}"
-                raise RejectedError(
-                    f"Marketo Identity gave an unexpected answer (HTTP {resp.status_code}); "
-                    "check marketo.identity in the configuration",
-                    code=outcome,
-                    endpoint=Endpoint.IDENTITY,
-                )
-            try:
-                expires_in = float(body.get("expires_in", 0))
-            except (TypeError, ValueError):
-                expires_in = 0.0
-            return str(body["access_token"]), expires_in
+            status, headers, content = self._wire(
+                where, self.settings.identity_url + where.path, params=params, headers={"Accept": "application/json"}
+            )
+            return parse_identity(
+                status, headers, content, client_id=self.settings.client_id, now_utc=self._now_utc(), scrub=self._scrub
+            )
         except MarketoError as exc:
-            outcome = exc.code or type(exc).__name__
+            outcome = _outcome(exc)
             raise
         finally:
-            self._record(Endpoint.IDENTITY, "GET", path, outcome, started)
+            self._record(where, outcome, started)
 
     # ---- calls ------------------------------------------------------------
 
     def _call(
         self,
-        method: str,
-        path: str,
-        endpoint: Endpoint,
+        where: Where,
+        parse: Callable[[Any], T],
         *,
         params: Mapping[str, str] | None = None,
-        body: Callable[[], tuple[MultipartEncoder, contextlib.ExitStack]] | None = None,
+        body: _Body | None = None,
         file: bool = False,
         before_send: Callable[[], None] | None = None,
         not_executed: Callable[[], None] | None = None,
-    ) -> Any:
+    ) -> T:
         deadline = self._clock() + self.settings.max_retry_seconds
         attempt = 0
         auth_retries = 0
@@ -452,36 +400,45 @@ class MarketoClient:
             token = self._get_token()
             try:
                 return self._exchange(
-                    method, path, endpoint, token, params=params, body=body, file=file, before_send=before_send
+                    where, token, parse, params=params, body=body, file=file, before_send=before_send
                 )
-            except _TokenRefused as refused:
+            except TokenRefusedError as refused:
                 if not_executed is not None:
                     not_executed()
                 self._drop_token(token)
                 auth_retries += 1
-                if auth_retries > MAX_AUTH_RETRIES:
+                if auth_retries > D.MAX_AUTH_RETRIES:
                     raise AuthError(
-                        f"Marketo kept refusing fresh access tokens (code {refused.code}) on {method} {path}; "
-                        f"check the API user's permissions for client id {self.settings.client_id!r}",
+                        f"Marketo kept refusing fresh access tokens (code {refused.code}) on {where}; "
+                        f"check the API user's role and the service of client id {self.settings.client_id!r}",
                         code=refused.code,
-                        endpoint=endpoint,
+                        endpoint=where.endpoint,
                     ) from None
-            except (TransientError, ThrottledError) as exc:
+            except OutcomeUnknownError:
+                raise  # may have been executed: never sent again from here
+            except MarketoError as exc:
+                # Anything else Marketo answered means it did not run this request.
                 if not_executed is not None:
                     not_executed()
-                if exc.code == "606":
-                    # Somebody (maybe another integration) filled the 20 s
-                    # window: hold every call back until it has rolled over.
-                    delay = throttle.RATE_WINDOW_S + throttle.backoff(attempt, cap=5.0)
-                    with self._rate_lock:
-                        self._window.block(self._clock(), delay)
-                else:
-                    delay = throttle.backoff(attempt)
+                if not isinstance(exc, (TransientError, ThrottledError)):
+                    raise
+                delay = self._retry_delay(exc, attempt)
                 if self._clock() + delay > deadline:
                     raise
-                log.info("marketo_retry", endpoint=str(endpoint), code=exc.code, delay=round(delay, 2))
+                log.info("marketo_retry", endpoint=str(where.endpoint), code=exc.code, delay=round(delay, 2))
                 attempt += 1
                 self._sleep(delay)
+
+    def _retry_delay(self, exc: MarketoError, attempt: int) -> float:
+        # After a 606 somebody (maybe another integration) filled the 20 s
+        # window: every call is held back until it has rolled over.
+        delay = D.RATE_WINDOW_S + throttle.backoff(attempt, cap=5.0) if exc.code == "606" else throttle.backoff(attempt)
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        if exc.code == "606" or exc.retry_after:
+            with self._rate_lock:
+                self._window.block(self._clock(), delay)
+        return delay
 
     def _acquire_rate_slot(self) -> None:
         while True:
@@ -495,21 +452,22 @@ class MarketoClient:
 
     def _exchange(
         self,
-        method: str,
-        path: str,
-        endpoint: Endpoint,
+        where: Where,
         token: str,
+        parse: Callable[[Any], T],
         *,
         params: Mapping[str, str] | None,
-        body: Callable[[], tuple[MultipartEncoder, contextlib.ExitStack]] | None,
+        body: _Body | None,
         file: bool,
-        before_send: Callable[[], None] | None = None,
-    ) -> Any:
+        before_send: Callable[[], None] | None,
+    ) -> T:
         self._acquire_rate_slot()
         started = self._clock()
         outcome = "ok"
         with self._in_flight, contextlib.ExitStack() as stack:
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            headers = {"Authorization": f"Bearer {token}"}
+            if not file:
+                headers["Accept"] = "application/json"
             data = None
             if body is not None:
                 encoder, files = body()
@@ -519,165 +477,104 @@ class MarketoClient:
             if before_send is not None:
                 before_send()
             try:
-                with self._translate(endpoint, method, path, idempotent=method == "GET"):
-                    resp = self._session.request(
-                        method,
-                        self._base + path,
-                        params=params,
-                        data=data,
-                        headers=headers,
-                        timeout=self._timeout,
-                        allow_redirects=False,
-                    )
-                    # Read the body inside the translation: a reset while
-                    # reading is a lost reply too.
-                    content = resp.content
-                return self._interpret(resp, content, method, path, endpoint, file=file)
-            except _TokenRefused as refused:
-                outcome = refused.code
-                raise
-            except MarketoError as exc:
-                outcome = exc.code or type(exc).__name__
+                status, reply_headers, content = self._wire(
+                    where, self._base + where.path, params=params, data=data, headers=headers, file=file
+                )
+                value = interpret(
+                    where, status, reply_headers, content, file=file, now_utc=self._now_utc(), scrub=self._scrub
+                )
+                return parse(value)
+            except (TokenRefusedError, MarketoError) as exc:
+                outcome = _outcome(exc)
                 raise
             finally:
-                self._record(endpoint, method, path, outcome, started)
+                self._record(where, outcome, started)
 
-    def _interpret(
-        self, resp: requests.Response, content: bytes, method: str, path: str, endpoint: Endpoint, *, file: bool
-    ) -> Any:
-        where = f"{method} {path}"
-        status = resp.status_code
-        if file and status == 404:
-            return None
-        if status == 413:
-            raise RejectedError(
-                f"Marketo refused the upload as too large (HTTP 413) on {where}; chunks must be under 10 MB",
-                code="HTTP 413",
-                endpoint=endpoint,
-            )
-        if status >= 500:
-            raise TransientError(f"Marketo answered HTTP {status} on {where}", code=f"HTTP {status}", endpoint=endpoint)
-        if status != 200:
-            raise RejectedError(f"Marketo answered HTTP {status} on {where}", code=f"HTTP {status}", endpoint=endpoint)
-        content_type = resp.headers.get("Content-Type", "")
-        if file and "json" not in content_type:
-            # Failure and warning files: raw bytes, decoded by the caller as
-            # UTF-8 (requests would guess ISO-8859-1 for text without a charset).
-            return content or None
-        if file and not content:
-            return None
+    def _wire(
+        self,
+        where: Where,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: MultipartEncoder | None = None,
+        headers: Mapping[str, str],
+        file: bool = False,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request and its whole reply, within the deadline and the size cap."""
+        long = file or where.creates
+        at = time.monotonic() + (self.limits.transfer_deadline if long else self.limits.call_deadline)
+        limit = self.limits.max_file_bytes if file else self.limits.max_reply_bytes
+        failure: MarketoError
         try:
-            data = json.loads(content)
-        except ValueError:
-            raise TransientError(
-                f"Marketo answered {where} with a body that is not JSON", code="bad-json", endpoint=endpoint
-            ) from None
-        if not isinstance(data, dict):
-            raise TransientError(f"Marketo answered {where} with unexpected JSON", code="bad-json", endpoint=endpoint)
-        if data.get("success") is False or data.get("errors"):
-            self._raise_envelope(data, where, endpoint)
-        return data
-
-    def _raise_envelope(self, data: Mapping[str, Any], where: str, endpoint: Endpoint) -> None:
-        errors = data.get("errors") or [{}]
-        first = errors[0] if isinstance(errors[0], dict) else {}
-        code = str(first.get("code", "")).strip()
-        text = str(first.get("message", "")).strip()
-        message = f"Marketo error {code} on {where}: {text}" if text else f"Marketo error {code} on {where}"
-        if code in TOKEN_CODES:
-            raise _TokenRefused(code)
-        if code in RETRY_CODES:
-            raise TransientError(message, code=code, endpoint=endpoint)
-        if code in THROTTLE_CODES:
-            raise ThrottledError(message, code=code, endpoint=endpoint)
-        if code == QUOTA_CODE:
-            raise QuotaExceededError(
-                message + "; Marketo resets the daily quota at midnight US Central time",
-                resume_at=throttle.next_quota_reset(self._now_utc()),
-                endpoint=endpoint,
-            )
-        if code == QUEUE_FULL_CODE:
-            raise QueueFullError(message, code=code, endpoint=endpoint)
-        if code == LIST_BUSY_CODE:
-            raise ListBusyError(message, code=code, endpoint=endpoint)
-        raise RejectedError(message, code=code or None, endpoint=endpoint)
-
-    @contextlib.contextmanager
-    def _translate(self, endpoint: Endpoint, method: str, path: str, *, idempotent: bool) -> Iterator[None]:
-        """Turn requests' exceptions into ours, without their URL (it may hold a secret)."""
-        where = f"{method} {path}"
-        try:
-            yield
-        except requests.exceptions.ConnectionError as exc:  # ConnectTimeout is one too
-            if not _never_sent(exc):
-                raise self._lost(endpoint, where, idempotent, exc) from None
-            raise TransientError(
-                f"could not connect to Marketo for {where} ({type(exc).__name__})",
-                code=None,
-                endpoint=endpoint,
-            ) from None
+            with transport.deadline(at):
+                resp = self._session.request(
+                    where.method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                    stream=True,
+                )
+                try:
+                    return resp.status_code, resp.headers, transport.read_body(resp, limit=limit, at=at)
+                finally:
+                    resp.close()
+        except transport.WireError as exc:
+            failure = self._lost(where, exc.reason)
         except requests.exceptions.RequestException as exc:
-            raise self._lost(endpoint, where, idempotent, exc) from None
+            if transport.never_sent(exc):
+                failure = TransientError(
+                    f"could not connect to Marketo for {where} ({type(exc).__name__})", endpoint=where.endpoint
+                )
+            elif time.monotonic() >= at:
+                failure = self._lost(where, "deadline passed")
+            elif isinstance(exc, requests.exceptions.ReadTimeout) or "timed out" in str(exc).lower():
+                failure = self._lost(where, "read timed out")
+            else:
+                failure = self._lost(where, "connection lost after sending")
+        # Raised here, outside the handler, so that no exception of requests
+        # (whose text holds the URL, and Identity's holds the secret) rides
+        # along as __context__.
+        raise failure
 
-    def _lost(self, endpoint: Endpoint, where: str, idempotent: bool, exc: BaseException) -> MarketoError:
-        kind = type(exc).__name__
-        if idempotent:
-            return TransientError(f"no answer from Marketo for {where} ({kind})", code=None, endpoint=endpoint)
-        return OutcomeUnknownError(
-            f"the reply to {where} was lost ({kind}): Marketo may or may not have created the job",
-            code=None,
-            endpoint=endpoint,
-        )
+    def _lost(self, where: Where, reason: str) -> MarketoError:
+        if where.creates:
+            return OutcomeUnknownError(
+                f"{where}: {reason}; Marketo may or may not have created the job",
+                reason=reason,
+                endpoint=where.endpoint,
+            )
+        return TransientError(f"no usable answer from Marketo for {where}: {reason}", endpoint=where.endpoint)
 
-    def _record(self, endpoint: Endpoint, method: str, path: str, outcome: str, started: float) -> None:
+    def _scrub(self, text: str) -> str:
+        """Text from a reply, without our secret or tokens (a proxy or an echo could quote them)."""
+        for secret in (self.settings.client_secret, self._token, self._old_token):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, _REDACTED)
+        return text
+
+    def _record(self, where: Where, outcome: str, started: float) -> None:
         seconds = self._clock() - started
-        log.debug("marketo_call", endpoint=str(endpoint), method=method, path=path, outcome=outcome,
-                  ms=round(seconds * 1000, 1))
+        log.debug(
+            "marketo_call", endpoint=str(where.endpoint), method=where.method, path=where.path, outcome=outcome,
+            ms=round(seconds * 1000, 1),
+        )
         if self._on_call is not None:
-            self._on_call(CallRecord(endpoint, method, path, outcome, seconds))
+            self._on_call(CallRecord(where.endpoint, where.method, where.path, outcome, seconds))
 
 
-def _never_sent(exc: BaseException) -> bool:
-    """True when the request provably never left: no connection was made."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    reason = exc.args[0] if exc.args else None
-    if isinstance(reason, u3.MaxRetryError):
-        reason = reason.reason
-    return isinstance(reason, (u3.NewConnectionError, u3.ConnectTimeoutError, u3.NameResolutionError))
-
-
-def _json_or_none(resp: requests.Response) -> Any:
-    try:
-        return resp.json()
-    except ValueError:
-        return None
-
-
-def _parse_batch(data: Mapping[str, Any], endpoint: Endpoint) -> BatchStatus:
-    result = data.get("result") or []
-    if not result or not isinstance(result[0], dict) or "batchId" not in result[0]:
-        error = OutcomeUnknownError if endpoint is Endpoint.IMPORT else TransientError
-        raise error(f"Marketo's {endpoint} answer carried no batch", code="no-result", endpoint=endpoint)
-    item = result[0]
-    processed = item.get("numOfLeadsProcessed", item.get("numOfObjectsProcessed", 0))
-    return BatchStatus(
-        batch_id=int(item["batchId"]),
-        status=str(item.get("status", "")),
-        processed=int(processed or 0),
-        failed=int(item.get("numOfRowsFailed") or 0),
-        warned=int(item.get("numOfRowsWithWarning") or 0),
-        message=str(item.get("message") or ""),
-    )
+def _file_or_none(value: Any) -> bytes | None:
+    return value if isinstance(value, bytes) and value else None
 
 
 __all__ = [
     "BatchStatus",
     "CallRecord",
-    "ClientSettings",
     "Endpoint",
     "ImportTarget",
     "MarketoClient",
-    "ObjectKind",
+    "ReplyLimits",
     "make_session",
 ]

@@ -21,14 +21,15 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dropzone.kinds import FileFormat
+
 SCHEMA_VERSION = 1
 SOURCE_LINE_COLUMN = "Source Line"
-DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
 
 
 def printable(text: str) -> str:
@@ -102,16 +103,16 @@ def _fit(relpath: str) -> str:
     return f"{folder}/{short}" if folder else short
 
 
-def choose_stem(outbox: Path, relpath: str, ext: str, stamp: str) -> str:
+def choose_stem(exists: Callable[[str], bool], relpath: str, ext: str, stamp: str) -> str:
     """``relpath``, or ``relpath.<stamp>`` when earlier results under that name are still uncollected.
 
     A name too long for result suffixes is shortened first (with a hash, so two long names do not collide).
     """
     relpath = _fit(relpath)
-    if any((outbox / name).exists() for name in result_names(relpath, ext)):
+    if any(exists(name) for name in result_names(relpath, ext)):
         stem = f"{relpath}.{stamp}"
         n = 1
-        while any((outbox / name).exists() for name in result_names(stem, ext)):
+        while any(exists(name) for name in result_names(stem, ext)):
             n += 1
             stem = f"{relpath}.{stamp}-{n}"
         return stem
@@ -127,7 +128,17 @@ class ChunkRows:
     body: bytes
 
 
-def merge_rows(pieces: Sequence[ChunkRows], *, fmt: str) -> tuple[bytes | None, int]:
+def count_rows(body: bytes, *, fmt: FileFormat | str) -> int:
+    """Data rows in one of Marketo's failure or warning files (quoted line breaks are one row)."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=FileFormat(fmt).delimiter) if r]
+    except csv.Error:
+        return 0
+    return max(len(rows) - 1, 0)
+
+
+def merge_rows(pieces: Sequence[ChunkRows], *, fmt: FileFormat | str) -> tuple[bytes | None, int]:
     """One file from the chunks' failure (or warning) files: one header, rows in order, each with its source line.
 
     Marketo echoes the submitted header plus its reason column, and the
@@ -138,7 +149,7 @@ def merge_rows(pieces: Sequence[ChunkRows], *, fmt: str) -> tuple[bytes | None, 
 
     Returns the bytes (None when there are no rows) and the row count.
     """
-    delimiter = DELIMITERS[fmt]
+    delimiter = FileFormat(fmt).delimiter
     header: list[str] | None = None
     out_rows: list[list[str]] = []
     for piece in pieces:
@@ -154,7 +165,7 @@ def merge_rows(pieces: Sequence[ChunkRows], *, fmt: str) -> tuple[bytes | None, 
     if header is None or not out_rows:
         return None, 0
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\r\n" if fmt == "csv" else "\n")
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\r\n" if fmt == FileFormat.CSV else "\n")
     writer.writerow([*header, SOURCE_LINE_COLUMN])
     writer.writerows(out_rows)
     return buffer.getvalue().encode("utf-8"), len(out_rows)
@@ -212,9 +223,9 @@ def build_status(
         "finishedAt": finished_at,
         "route": route,
         "rowsTotal": rows_total,
-        "rowsProcessed": sum(b.get("rowsProcessed", 0) for b in batches),
-        "rowsFailed": sum(b.get("rowsFailed", 0) for b in batches),
-        "rowsWithWarning": sum(b.get("rowsWithWarning", 0) for b in batches),
+        "rowsProcessed": sum(b.get("rowsProcessed") or 0 for b in batches),
+        "rowsFailed": sum(b.get("rowsFailed") or 0 for b in batches),
+        "rowsWithWarning": sum(b.get("rowsWithWarning") or 0 for b in batches),
         "batches": batches,
     }
     if error:

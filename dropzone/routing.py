@@ -4,7 +4,7 @@ Owns: route choice, and the file's format (the route's ``format``, else the
 extension). Does not own: ignoring hidden and temporary names (that is
 ``readiness.is_ignored_name`` / ``is_ignored_path``; the watcher filters
 before it routes, so a route ``*`` never sees ``x.csv.filepart``), nor the
-glob syntax, which ``config.compile_glob`` checks and compiles once.
+glob syntax, which ``globs.compile_glob`` checks and compiles once.
 
 What a glob means (gitignore-like, least surprising for partner drops):
 
@@ -25,8 +25,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dropzone.config import FileFormat, Route
+from dropzone import defaults as D
+from dropzone.config import Route
 from dropzone.errors import InputError
+from dropzone.kinds import FileFormat, ObjectKind
+from dropzone.marketo import ImportTarget
 
 
 class NoRouteError(InputError):
@@ -50,6 +53,20 @@ class RouteMatch:
     def marketo_params(self) -> dict[str, str | int]:
         """Marketo's parameters for this import, under Marketo's names, format included."""
         return self.route.marketo_params(self.format)
+
+    @property
+    def target(self) -> ImportTarget:
+        """Where the rows go, as the client (and the journal) take it."""
+        r = self.route
+        return ImportTarget(
+            kind=r.object,
+            lookup_field=(r.lookup_field or D.LOOKUP_FIELD) if r.object is ObjectKind.LEADS else None,
+            list_id=r.list_id,
+            partition_name=r.partition_name,
+            api_name=r.api_name,
+            program_id=r.program_id,
+            program_member_status=r.program_member_status,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

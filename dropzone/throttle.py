@@ -13,16 +13,7 @@ import random
 from collections.abc import Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-#: Marketo's documented ceiling is 100 calls per 20 s per instance, shared by
-#: every integration; we default lower so the others keep some headroom.
-MARKETO_RATE_LIMIT = 100
-RATE_WINDOW_S = 20.0
-DEFAULT_CALLS_PER_WINDOW = 80
-#: Marketo answers 615 beyond 10 calls in flight.
-MAX_CONCURRENT_CALLS = 10
-
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 60.0
+from dropzone import defaults as D
 
 
 class RateWindow:
@@ -33,9 +24,10 @@ class RateWindow:
     limit through around a bucket edge.
     """
 
-    def __init__(self, limit: int = DEFAULT_CALLS_PER_WINDOW, window: float = RATE_WINDOW_S) -> None:
-        if not 1 <= limit <= MARKETO_RATE_LIMIT:
-            raise ValueError(f"calls per window must be between 1 and {MARKETO_RATE_LIMIT}, got {limit}")
+    def __init__(self, limit: int = D.CALLS_PER_20S, window: float = D.RATE_WINDOW_S) -> None:
+        # More than Marketo's own ceiling would guarantee 606s.
+        if not 1 <= limit <= D.MARKETO_CALLS_PER_WINDOW:
+            raise ValueError(f"calls per window must be between 1 and {D.MARKETO_CALLS_PER_WINDOW}, got {limit}")
         self.limit = limit
         self.window = window
         self._calls: collections.deque[float] = collections.deque()
@@ -57,7 +49,7 @@ class RateWindow:
         self._expire(now)
         self._calls.append(now)
 
-    def block(self, now: float, seconds: float = RATE_WINDOW_S) -> None:
+    def block(self, now: float, seconds: float = D.RATE_WINDOW_S) -> None:
         """Hold every call back for ``seconds``: Marketo said 606, so others are using the window."""
         self._blocked_until = max(self._blocked_until, now + seconds)
 
@@ -68,8 +60,8 @@ class RateWindow:
 def backoff(
     attempt: int,
     *,
-    base: float = BACKOFF_BASE_S,
-    cap: float = BACKOFF_CAP_S,
+    base: float = D.BACKOFF_BASE_S,
+    cap: float = D.BACKOFF_CAP_S,
     rand: Callable[[], float] = random.random,
 ) -> float:
     """Delay before retry number ``attempt`` (0-based): exponential, capped, with jitter.
@@ -77,7 +69,7 @@ def backoff(
     Half the delay is fixed and half is random ("equal jitter"), so retries
     from several daemons spread out but none retries immediately.
     """
-    ceiling = min(cap, base * (2 ** min(attempt, 32)))
+    ceiling = min(cap, base * (2.0 ** min(attempt, 32)))
     return ceiling / 2 + rand() * ceiling / 2
 
 
@@ -97,4 +89,4 @@ def next_quota_reset(now: dt.datetime) -> dt.datetime:
     local = now.astimezone(zone)
     tomorrow = (local + dt.timedelta(days=1)).date()
     midnight = dt.datetime.combine(tomorrow, dt.time(0, 0), tzinfo=zone)
-    return midnight.astimezone(dt.timezone.utc)
+    return midnight.astimezone(dt.UTC)

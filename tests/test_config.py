@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from dropzone import config
+from dropzone import defaults as D
 from dropzone.config import (
     Config,
     FileFormat,
@@ -21,11 +22,11 @@ from dropzone.config import (
     ObjectKind,
     Route,
     WatchMode,
-    check_paths,
     load,
     parse,
 )
 from dropzone.errors import ConfigError
+from dropzone.preflight import check_paths
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-value"
@@ -123,22 +124,22 @@ class TestSample:
         cfg = parse_data(base())
         m, inbox = cfg.marketo, cfg.inboxes[0]
         assert (m.poll_interval, m.calls_per_20s, m.max_concurrent_calls) == (
-            config.DEFAULT_POLL_INTERVAL,
-            config.DEFAULT_CALLS_PER_20S,
-            config.DEFAULT_MAX_CONCURRENT_CALLS,
+            D.POLL_INTERVAL_S,
+            D.CALLS_PER_20S,
+            D.MAX_CONCURRENT_CALLS,
         )
-        assert (m.max_importing, m.max_open_imports) == (config.DEFAULT_MAX_IMPORTING, config.DEFAULT_MAX_OPEN_IMPORTS)
+        assert (m.max_open_imports, m.resubmit_hold) == (D.MAX_OPEN_IMPORTS, D.RESUBMIT_HOLD_S)
         assert (m.connect_timeout, m.read_timeout, m.max_retry_seconds) == (
-            config.DEFAULT_CONNECT_TIMEOUT,
-            config.DEFAULT_READ_TIMEOUT,
-            config.DEFAULT_MAX_RETRY_SECONDS,
+            D.CONNECT_TIMEOUT_S,
+            D.READ_TIMEOUT_S,
+            D.MAX_RETRY_S,
         )
-        assert cfg.split_max_bytes == config.DEFAULT_SPLIT_MAX_BYTES == 9_500_000
+        assert cfg.split_max_bytes == D.SPLIT_MAX_BYTES == 9_500_000
         assert (inbox.watch, inbox.scan_interval, inbox.quiet_period, inbox.stale_partial_after) == (
             WatchMode.AUTO,
-            config.DEFAULT_SCAN_INTERVAL,
-            config.DEFAULT_QUIET_PERIOD,
-            config.DEFAULT_STALE_PARTIAL_AFTER,
+            D.SCAN_INTERVAL_S,
+            D.QUIET_PERIOD_S,
+            D.STALE_PARTIAL_AFTER_S,
         )
         assert inbox.archive is None
         route = inbox.routes[0]
@@ -181,7 +182,7 @@ class TestSecrets:
     def test_redacted_masks_the_secret(self) -> None:
         """Config.redacted() is the whole config with the secret masked."""
         out = parse_data(base()).redacted()
-        assert out["marketo"]["client_secret"] == config.SECRET_MASK
+        assert out["marketo"]["client_secret"] == D.SECRET_MASK
         assert SECRET not in repr(out)
         assert out["inboxes"][0]["routes"][0]["lookupField"] == "email"
         assert out["state_dir"] == "/var/lib/dropzone"
@@ -322,17 +323,17 @@ class TestMarketoSettings:
         data["marketo"]["max_open_imports"] = 11
         refused(data, "marketo.max_open_imports: must be between 1 and 10, got 11")
 
-    def test_open_imports_cover_the_running_ones(self) -> None:
-        """max_open_imports below max_importing is refused."""
+    def test_max_importing_is_gone(self) -> None:
+        """max_importing was read by nothing (Marketo alone decides which 2 import): the key is refused by name."""
         data = base()
-        data["marketo"]["max_open_imports"] = 1
-        refused(data, "marketo.max_open_imports: must be at least max_importing (2)")
+        data["marketo"]["max_importing"] = 2
+        refused(data, "max_importing")
 
     def test_a_boolean_is_not_an_integer(self) -> None:
         """YAML's true is not accepted where a count is expected."""
         data = base()
-        data["marketo"]["max_importing"] = True
-        refused(data, "marketo.max_importing: expected an integer, got a boolean")
+        data["marketo"]["max_open_imports"] = True
+        refused(data, "marketo.max_open_imports: expected an integer, got a boolean")
 
     def test_split_max_bytes_stays_under_ten_megabytes(self) -> None:
         """split_max_bytes above 10,000,000 is refused."""
@@ -438,7 +439,7 @@ class TestStructure:
         data["http"] = {}
         http = parse_data(data).http
         assert http is not None
-        assert http.listen == config.DEFAULT_HTTP_LISTEN
+        assert http.listen == D.HTTP_LISTEN
 
     def test_http_listen_takes_ipv6(self) -> None:
         """listen accepts [::1]:PORT."""

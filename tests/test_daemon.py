@@ -16,78 +16,12 @@ from dropzone import config as config_module
 from dropzone.daemon import Daemon
 from dropzone.jobs import ChunkState, FileState
 from dropzone.simulator import Simulator
-from tests.conftest import CLIENT_ID, CLIENT_SECRET, wait_until
-
-ROUTES = """
-      - match: "leads_*.csv"
-        object: leads
-        lookupField: email
-        listId: 1234
-      - match: "cars_*.tsv"
-        object: customobject
-        apiName: car_c
-      - match: "cars_*.csv"
-        object: customobject
-        apiName: car_c
-        trim_header: true
-      - match: "*.ssv"
-        object: programmember
-        programId: 1044
-        programMemberStatus: Registered
-"""
-
-
-def make_config(tmp_path: Path, base_url: str, *, extra: str = "", routes: str = ROUTES) -> config_module.Config:
-    text = f"""
-marketo:
-  endpoint: {base_url}
-  client_id: {CLIENT_ID}
-  client_secret: {CLIENT_SECRET}
-  poll_interval: 0.5
-  max_retry_seconds: 5
-state_dir: state
-{extra}
-inboxes:
-  - path: inbox
-    outbox: outbox
-    archive: archive
-    quiet_period: 0.2
-    scan_interval: 0.5
-    routes:{routes}
-"""
-    for name in ("inbox", "outbox", "archive"):
-        (tmp_path / name).mkdir(exist_ok=True)
-    return config_module.parse(text, base_dir=tmp_path, environ={})
-
+from tests.conftest import wait_until
+from tests.helpers import ROUTES, archived, daemons, drop, make_config, status_of
 
 @pytest.fixture
 def daemon_factory(tmp_path, simulator):
-    made: list[Daemon] = []
-
-    def make(**kwargs) -> Daemon:
-        daemon = Daemon(make_config(tmp_path, simulator.base_url, **kwargs))
-        daemon.start()
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.close()
-
-
-def drop(tmp_path: Path, name: str, data: str | bytes) -> Path:
-    path = tmp_path / "inbox" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    return path
-
-
-def status_of(tmp_path: Path, name: str) -> dict:
-    return json.loads((tmp_path / "outbox" / f"{name}.status.json").read_text())
-
-
-def archived(tmp_path: Path) -> list[Path]:
-    return sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file())
+    yield from daemons(tmp_path, simulator.base_url)
 
 
 class TestImports:
@@ -277,15 +211,13 @@ class TestReadiness:
 
 
 class TestMarketoTrouble:
-    def test_queue_full_from_other_integrations_is_waited_out(self, tmp_path, sim_config, monkeypatch):
+    def test_queue_full_from_other_integrations_is_waited_out(self, tmp_path, sim_config):
         """1016 because others filled Marketo's queue: the daemon backs off and the file still completes."""
-        import dropzone.daemon as daemon_module
-
-        monkeypatch.setattr(daemon_module, "QUEUE_FULL_PAUSE_S", 0.2)
         with Simulator(dataclasses.replace(sim_config, instant=False, background_job_seconds=1.5,
                                            queued_seconds=0.0, import_seconds_per_job=0.05)) as sim:
             sim.add_background_jobs(10)
             daemon = Daemon(make_config(tmp_path, sim.base_url))
+            daemon.dispatch.pause_for = lambda pause, **_: 0.2  # Marketo's real pauses are 15 s and up
             daemon.start()
             try:
                 drop(tmp_path, "leads_q.csv", "email\nann@example.com\n")
@@ -325,10 +257,11 @@ class TestRecovery:
         daemon = daemon_factory()
         drop(tmp_path, "leads_c.csv", "email\nann@example.com\n")
         # Drive intake and preparation only, so the chunk is recorded but not yet sent.
-        wait_until(lambda: daemon._intake() or daemon.store.files([FileState.CLAIMED]), timeout=10)
-        daemon._prepare()
+        [intake] = daemon.intakes.values()
+        wait_until(lambda: intake.run_once(daemon.clock()) or daemon.store.files([FileState.CLAIMED]), timeout=10)
+        daemon.prepare.run_once(daemon.clock())
         [chunk] = daemon.store.chunks([ChunkState.PENDING])
-        daemon.store.set_chunk(chunk.id, ChunkState.SUBMITTING)
+        daemon.store.mark_submitting(chunk.id)
         daemon.close()
         again = daemon_factory()
         again.run_until_idle()
@@ -382,7 +315,7 @@ class TestHostileInbox:
             end = time.monotonic() + 5 * 0.2
             while time.monotonic() < end:
                 daemon.run_once()
-                daemon._idle()
+                daemon.idle()
             assert simulator.submissions() == []
             assert path.stat().st_ino == stat_before.st_ino
         finally:

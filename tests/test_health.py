@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dropzone import health
 from dropzone.health import HealthServer, Metrics
-from dropzone.marketo import ClientSettings, MarketoClient
+from dropzone.config import MarketoSettings
+from dropzone.marketo import MarketoClient
 from dropzone.simulator import Simulator
 from tests.conftest import CLIENT_ID, CLIENT_SECRET
 
@@ -227,7 +228,7 @@ def test_two_daemons_do_not_share_counters(clock: FakeClock) -> None:
 
 def test_on_call_counts_a_real_client(simulator: Simulator, metrics: Metrics) -> None:
     client = MarketoClient(
-        ClientSettings(endpoint=simulator.base_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
+        MarketoSettings(endpoint=simulator.base_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
         on_call=metrics.on_call,
     )
     try:

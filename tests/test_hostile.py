@@ -36,7 +36,7 @@ from tests.hostile_corpus import (
     Case,
     snapshot,
 )
-from tests.test_daemon import ROUTES, drop, make_config, status_of
+from tests.helpers import ROUTES, daemons, drop, make_config, status_of
 
 AS_ROOT = os.geteuid() == 0
 GOOD_NAME = "leads_good_after.csv"
@@ -55,30 +55,10 @@ def with_known_bugs(cases: list[Case]) -> list:
 # ---- helpers ------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _brisk_idle(monkeypatch):
-    """The loop idles at most 1 s waiting for a hint; here 50 ms, so quiet periods end on time."""
-    import dropzone.daemon as daemon_module
-
-    monkeypatch.setattr(daemon_module, "MAX_IDLE_S", 0.05)
-
-
 @pytest.fixture
 def daemon_factory(tmp_path, simulator):
-    """``tests.test_daemon``'s factory, with Marketo polled every 50 ms (the simulator's jobs are instant)."""
-    made: list[Daemon] = []
-
-    def make(**kwargs) -> Daemon:
-        config = make_config(tmp_path, simulator.base_url, **kwargs)
-        config = dataclasses.replace(config, marketo=dataclasses.replace(config.marketo, poll_interval=0.05))
-        daemon = Daemon(config)
-        daemon.start()
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.close()
+    """Marketo polled every 50 ms (the simulator's jobs are instant), the loop idles 50 ms at most."""
+    yield from daemons(tmp_path, simulator.base_url, poll_interval=0.05, max_idle=0.05)
 
 
 def bpath(directory: Path, name: bytes) -> bytes:

@@ -114,3 +114,137 @@ class TestOutcome:
     def test_failed_when_nothing_went_in(self):
         assert jobs.file_outcome([result(10, 0, status="Failed")]) is Outcome.FAILED
         assert jobs.file_outcome([result(3, 0, failed=3)]) is Outcome.FAILED
+
+
+# ---- the decisions, as tables -------------------------------------------------------
+
+import datetime as _dt  # noqa: E402
+
+from dropzone import errors  # noqa: E402
+from dropzone.jobs import ChunkAction, FetchAction, Pause, PollAction, SubmitDecision  # noqa: E402
+
+_SOON = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (None, SubmitDecision(ChunkAction.RECORD_BATCH)),
+        (errors.OutcomeUnknownError("lost", reason="HTTP 502"), SubmitDecision(ChunkAction.REQUEUE_UNKNOWN)),
+        (errors.MisconfiguredError("603 Access denied", code="603"),
+         SubmitDecision(ChunkAction.REQUEUE, Pause.MISCONFIGURED, stop=True)),
+        (errors.AuthError("bad secret"), SubmitDecision(ChunkAction.REQUEUE, Pause.MISCONFIGURED, stop=True)),
+        (errors.MisconfiguredError("no such list", code="1013", scope="route"),
+         SubmitDecision(ChunkAction.REQUEUE, Pause.TARGET)),
+        (errors.RejectedError("identity says no", endpoint="identity"),
+         SubmitDecision(ChunkAction.REQUEUE, Pause.MISCONFIGURED, stop=True)),
+        (errors.RejectedError("413 too large", code="HTTP 413"), SubmitDecision(ChunkAction.FAIL)),
+        (errors.QueueFullError("1016", code="1016"), SubmitDecision(ChunkAction.REQUEUE, Pause.QUEUE_FULL, stop=True)),
+        (errors.ListBusyError("1019", code="1019"), SubmitDecision(ChunkAction.REQUEUE, Pause.LIST)),
+        (errors.QuotaExceededError("607", resume_at=_SOON), SubmitDecision(ChunkAction.REQUEUE, Pause.API, stop=True)),
+        (errors.ThrottledError("606", code="606"), SubmitDecision(ChunkAction.REQUEUE, Pause.SUBMITS, stop=True)),
+        (errors.TransientError("604", code="604"), SubmitDecision(ChunkAction.REQUEUE, Pause.SUBMITS, stop=True)),
+        (FileNotFoundError(2, "No such file"), SubmitDecision(ChunkAction.FAIL)),
+        (KeyError("a bug"), SubmitDecision(ChunkAction.FAIL)),
+    ],
+    ids=lambda v: type(v).__name__ if not isinstance(v, SubmitDecision) else v.action.value,
+)
+def test_what_a_submit_outcome_does(error, expected):
+    """Only Marketo's documented "not executed" answers requeue silently; a lost reply is held and told."""
+    assert jobs.after_submit(error) == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "finished", "expected"),
+    [
+        (None, False, PollAction.WAIT),
+        (None, True, PollAction.FINISHED),
+        (errors.BatchNotFoundError("1003", code="1003"), False, PollAction.GONE),
+        (errors.TransientError("429 page", code="HTTP 429", retry_after=7), False, PollAction.RETRY),
+        (errors.TransientError("reply not JSON", code="reply not JSON"), False, PollAction.RETRY),
+        (errors.RejectedError("HTTP 404 from a proxy", code="HTTP 404"), False, PollAction.RETRY),
+        (errors.QuotaExceededError("607", resume_at=_SOON), False, PollAction.PAUSE_API),
+        (errors.AuthError("bad secret"), False, PollAction.PAUSE_API),
+        (ValueError("malformed counter"), False, PollAction.RETRY),
+    ],
+)
+def test_what_a_poll_outcome_does(error, finished, expected):
+    """Only Marketo's own "batch not found" ends a batch; a 429 page or a bad body says nothing about it."""
+    assert jobs.after_poll(error, finished=finished) is expected
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (None, FetchAction.STORE),
+        (errors.BatchNotFoundError("1003", code="1003"), FetchAction.GIVE_UP),
+        (errors.TransientError("HTTP 429", code="HTTP 429"), FetchAction.RETRY),
+        (OSError("disk"), FetchAction.RETRY),
+    ],
+)
+def test_what_a_fetch_outcome_does(error, expected):
+    assert jobs.after_fetch(error) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (ChunkState.PENDING, jobs.RecoveryAction.NONE),
+        (ChunkState.SUBMITTING, jobs.RecoveryAction.RESUBMIT),
+        (ChunkState.SUBMITTED, jobs.RecoveryAction.POLL),
+        (ChunkState.FETCHING, jobs.RecoveryAction.FETCH),
+        (ChunkState.DONE, jobs.RecoveryAction.NONE),
+        (ChunkState.ERROR, jobs.RecoveryAction.NONE),
+    ],
+)
+def test_what_recovery_does_for_each_chunk_state(state, expected):
+    assert jobs.recovery_action(state) is expected
+
+
+def test_what_recovery_does_for_a_half_made_claim():
+    assert jobs.recover_claim(True) is jobs.ClaimRecovery.CONFIRM
+    assert jobs.recover_claim(False) is jobs.ClaimRecovery.FORGET
+
+
+@pytest.mark.parametrize(
+    ("size", "least", "expected"),
+    [
+        (100, 120.0, 120.0),  # a small chunk: the least hold
+        (9_500_000, 120.0, 475.0),  # a full chunk at a slow 20 kB/s
+        (10**12, 120.0, 1800.0),  # capped
+        (100, 0.0, 0.005),  # tests set the least hold to 0
+    ],
+)
+def test_a_possibly_created_copy_is_waited_out_by_size(size, least, expected):
+    assert jobs.resubmit_hold(size, least=least) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("pause", "streak", "expected"),
+    [
+        (Pause.QUEUE_FULL, 1, 15.0),
+        (Pause.QUEUE_FULL, 3, 45.0),
+        (Pause.QUEUE_FULL, 50, 120.0),
+        (Pause.LIST, 1, 10.0),
+        (Pause.MISCONFIGURED, 1, 60.0),
+        (Pause.SUBMITS, 1, 30.0),
+        (Pause.NONE, 1, 0.0),
+    ],
+)
+def test_pauses_grow_and_are_capped(pause, streak, expected):
+    assert jobs.pause_seconds(pause, streak=streak) == expected
+
+
+def test_quota_pause_lasts_until_the_reset():
+    assert jobs.pause_seconds(Pause.API, quota_resets_in=3600.0) == 3600.0
+    assert jobs.pause_seconds(Pause.API, quota_resets_in=5.0) == 60.0
+
+
+def test_unknown_counters_are_not_zero():
+    """A Complete program-member batch without counters imported what its failure file did not list."""
+    done = ChunkResult(ChunkState.DONE, "Complete", rows=10, processed=None, failed=None, warned=None)
+    assert jobs.imported_rows(done) == 10
+    assert jobs.file_outcome([done]) is Outcome.COMPLETE
+    some_failed = ChunkResult(ChunkState.DONE, "Complete", rows=10, processed=None, failed=3, warned=None)
+    assert jobs.imported_rows(some_failed) == 7
+    assert jobs.file_outcome([some_failed]) is Outcome.PARTIAL

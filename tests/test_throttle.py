@@ -74,3 +74,15 @@ class TestQuotaReset:
         """CDT is UTC-5: midnight in Chicago is 05:00 UTC."""
         now = dt.datetime(2026, 7, 1, 3, 0, tzinfo=dt.timezone.utc)  # still June 30 in Chicago
         assert throttle.next_quota_reset(now) == dt.datetime(2026, 7, 1, 5, 0, tzinfo=dt.timezone.utc)
+
+
+class TestDefaults:
+    def test_the_numbers_come_from_defaults(self):
+        """One source for every limit: the window and backoff use dropzone.defaults when not told otherwise."""
+        from dropzone import defaults as D
+
+        window = throttle.RateWindow()
+        assert (window.limit, window.window) == (D.CALLS_PER_20S, D.RATE_WINDOW_S)
+        assert throttle.backoff(1000, rand=lambda: 1.0) == D.BACKOFF_CAP_S
+        assert throttle.backoff(0, rand=lambda: 1.0) == D.BACKOFF_BASE_S
+        assert not any(name.isupper() for name in vars(throttle)), "no constants of its own"

@@ -4,24 +4,29 @@ An independent reading of the Marketo docs: nothing here imports from the
 rest of dropzone, so a misreading in the client cannot be copied into the
 fake and hide itself.
 
-    from dropzone.simulator import Simulator, SimConfig
+    from dropzone.simulator import Fault, SimConfig, Simulator
 
     with Simulator(SimConfig(client_id="cid", client_secret="csecret", instant=True)) as sim:
         sim.base_url        # REST endpoint; bulk calls under /bulk/...
         sim.identity_url    # + "/oauth/token"
         sim.inject("606", times=2, endpoint="import")
+        sim.arm(Fault("http429", endpoint="status", times=3, retry_after=2))
         sim.submissions(); sim.imported_rows(); sim.calls(); sim.wait_idle(5)
 
 ``python -m dropzone.simulator`` (or ``dropzone simulate``) runs it standalone.
+Faults are armed from Python only (there is no admin endpoint); the kinds,
+their parameters and what each looks like on the wire are listed in ``faults``.
 """
 
 from .config import DEFAULT_CUSTOM_OBJECTS, DEFAULT_LEAD_FIELDS, DEFAULT_PROGRAM_STATUSES, FieldSpec, SimConfig
+from .faults import Fault
 from .simulator import Simulator
 
 __all__ = [
     "DEFAULT_CUSTOM_OBJECTS",
     "DEFAULT_LEAD_FIELDS",
     "DEFAULT_PROGRAM_STATUSES",
+    "Fault",
     "FieldSpec",
     "SimConfig",
     "Simulator",

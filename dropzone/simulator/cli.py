@@ -29,7 +29,7 @@ def _fault_rate(text: str) -> tuple[str, float]:
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KIND=P, got {text!r}")
     try:
-        validate_kind(kind)
+        validate_kind(kind, random_rate=True)
         return kind, float(rate)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -48,6 +48,7 @@ HTTP_FAULTS: dict[str, int] = {"http413": 413, "http500": 500, "http502": 502, "
 HTTP_REASONS: dict[int, str] = {
     404: "Not Found",
     413: "Request Entity Too Large",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",

@@ -145,7 +145,14 @@ class SimConfig:
             FIFO shared by leads, custom objects and program members [INF].
         first_batch_id: first batchId handed out.
         batch_retention: seconds a batchId stays queryable (7 days).
-        unknown_batch_code: envelope code for an unknown or expired batchId [INF].
+        unknown_batch_code: envelope code for an unknown or expired batchId, on
+            status, failures and warnings alike (docs §9: a 1003-style "not
+            found"; the seeds are silent) [INF]. Always HTTP 200 + the JSON
+            envelope, so a client can tell it from a proxy's 404 or 429.
+        program_member_counters: False → program-member status results hold
+            only batchId, importId and status, as the swagger's
+            ImportProgramMemberResponse lists them (the docs' example carries
+            the counters; §9). The "bare_status" fault does it for N calls.
 
     Files and rows:
         max_file_bytes: the file part must be *less than* this (seeds: "less
@@ -180,7 +187,8 @@ class SimConfig:
         daily_quota: API calls per day (resets 00:00 CST); None = unlimited → 607.
         unknown_path_status: HTTP status of a 610 for an unknown path (200, or 500).
         fault_rates: {kind: probability} drawn per API call with ``seed``
-            (kinds as for ``Simulator.inject``).
+            (kinds as for ``Simulator.inject``; the parameterless edge kinds
+            plus "http429" with its default Retry-After).
         seed: makes tokens, requestIds and random faults reproducible.
         record_path: JSON-lines file, appended: one line per accepted
             submission, one per imported row.
@@ -209,6 +217,7 @@ class SimConfig:
     first_batch_id: int = 1001
     batch_retention: float = 7 * 24 * 3600.0
     unknown_batch_code: str = "1003"
+    program_member_counters: bool = True
 
     max_file_bytes: int = 10_485_760
     failures_404: bool = True

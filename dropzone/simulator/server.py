@@ -1,8 +1,9 @@
 """The HTTP edge: a stdlib threading server on 127.0.0.1 speaking HTTP/1.1 keep-alive.
 
 Owns sockets only: reading bodies (Content-Length or chunked, as seed 004's
-request sends), writing answers, and closing a connection without an answer
-for the "reset" faults. Every decision is the ``Handler`` callback's.
+request sends), writing answers (at once, or trickled at a ``Response.pace``
+for the "trickle" fault), and closing a connection without an answer for the
+"reset" faults. Every decision is the ``Handler`` callback's.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import contextlib
 import socket
 import struct
 import sys
+import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from .state import Request, Response, parse_query
+from .replies import Response
+from .state import Request, parse_query
 
 # Handler(request) -> (response, drop): drop=True closes the socket unanswered.
 Handler = Callable[[Request], tuple[Response | None, bool]]
@@ -24,6 +28,8 @@ Handler = Callable[[Request], tuple[Response | None, bool]]
 _CHUNK = 64 * 1024
 # Room for multipart framing and form fields around a file of max_file_bytes.
 _BODY_SLACK = 1024 * 1024
+# A trickled body is written at most this often (several bytes per write at high paces).
+_TRICKLE_TICK = 0.01
 
 
 class SimHTTPServer(ThreadingHTTPServer):
@@ -40,6 +46,8 @@ class SimHTTPServer(ThreadingHTTPServer):
         self.max_body = max_body + _BODY_SLACK
         self._connections: set[socket.socket] = set()
         self._aborted: set[socket.socket] = set()
+        # Set by close_all: a trickling answer stops mid-body.
+        self.stopping = threading.Event()
         super().__init__(("127.0.0.1", port), _RequestHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -61,6 +69,7 @@ class SimHTTPServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def close_all(self) -> None:
+        self.stopping.set()
         for sock in list(self._connections):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -87,10 +96,21 @@ class _RequestHandler(BaseHTTPRequestHandler):
         # delayed ACK costs ~40 ms per keep-alive call.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    # http.server dispatches on do_<METHOD>; every method goes to the one handler.
     def do_GET(self) -> None:
         self._serve()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -120,12 +140,33 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
         if response.status == 413:
             # The body may not have been what we think it was; start clean.
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(response.body)
+        if response.pace:
+            self._trickle(response.body, response.pace)
+        else:
+            self.wfile.write(response.body)
+
+    def _trickle(self, body: bytes, pace: float) -> None:
+        """Write ``body`` at ``pace`` bytes per second: byte i leaves at about i / pace seconds."""
+        start = time.monotonic()
+        sent = 0
+        while sent < len(body):
+            due = min(len(body), int((time.monotonic() - start) * pace) + 1)
+            if due > sent:
+                self.wfile.write(body[sent:due])
+                sent = due
+                continue
+            wait = max(start + sent / pace - time.monotonic(), _TRICKLE_TICK)
+            if self.server.stopping.wait(wait):
+                # Shutting down: the client gets a short body, then the connection closes.
+                self.close_connection = True
+                return
 
     def _read_body(self) -> tuple[bytes, bool]:
         """The whole body, kept up to the size cap and drained past it (so a 413 can be answered)."""

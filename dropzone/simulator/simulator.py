@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from .config import SimConfig
-from .faults import slow_seconds
+from .faults import Fault, slow_seconds
 from .jobs import Job, JobStatus
+from .replies import Response
 from .server import SimHTTPServer
-from .state import Request, Response, SimState
+from .state import Request, SimState
 
 # How often the ticker moves jobs along and writes records.
 _TICK_SECONDS = 0.02
@@ -48,7 +49,7 @@ class Simulator:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def start(self) -> Simulator:
+    def start(self) -> Self:
         """Bind 127.0.0.1:``config.port`` (0 = any free port) and serve in daemon threads."""
         if self._server is not None:
             raise RuntimeError("simulator already started")
@@ -84,7 +85,7 @@ class Simulator:
                 self._record.close()
                 self._record = None
 
-    def __enter__(self) -> Simulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -112,17 +113,38 @@ class Simulator:
 
     # -- control ----------------------------------------------------------------------
 
+    def arm(self, fault: Fault) -> int:
+        """Arm one misbehaviour (kinds, parameters and lifetimes: see ``faults``); returns its id.
+
+            sim.arm(Fault("create_then", reply="503", times=2))
+            sim.arm(Fault("refuse", endpoint="import", seconds=30, flavour="ip_allowlist"))
+
+        ``seconds`` run on the simulator's clock (a manual clock in tests).
+        """
+        with self._lock:
+            return self._state.faults.arm(fault, self._clock())
+
+    def disarm(self, fault_id: int) -> bool:
+        """Forget one armed fault; False if it was already used up, expired or unknown."""
+        with self._lock:
+            return self._state.faults.disarm(fault_id)
+
+    def armed(self) -> list[dict[str, Any]]:
+        """Faults still armed, oldest first: id, kind, endpoint, remaining, seconds_left, params."""
+        with self._lock:
+            return self._state.faults.armed(self._clock())
+
     def inject(self, kind: str, times: int = 1, endpoint: str | None = None) -> None:
-        """The next ``times`` matching calls get fault ``kind`` (see ``faults``).
+        """The next ``times`` matching calls get fault ``kind``: ``arm(Fault(kind, endpoint=..., times=...))``.
 
         ``endpoint``: "identity", "import", "status", "failures", "warnings",
         "other", or None for any API (non-identity) call.
         """
         with self._lock:
-            self._state.faults.inject(kind, times, endpoint)
+            self._state.faults.inject(kind, times, endpoint, now=self._clock())
 
     def clear_faults(self) -> None:
-        """Forget injections not yet consumed (random rates stay)."""
+        """Forget armed faults not yet used up (random rates stay)."""
         with self._lock:
             self._state.faults.clear()
 

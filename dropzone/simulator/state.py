@@ -6,33 +6,36 @@ imported. Has no sockets, threads or clock of its own: every call is handed
 The HTTP edge drives a call in three steps, so that waiting (slow faults) and
 parsing (10 MB bodies) happen outside the lock:
 
-    ticket = state.begin(request, now)      # route, 615 gate, fault draw
+    ticket = state.begin(request, now)      # route, 615 gate, edge fault draw
     state.prepare(ticket)                   # pure, lock-free: multipart + rows
     response = state.process(ticket, now)   # auth, limits, the endpoint
     state.end(ticket, now, response)        # leave the 615 gate, log the call
+
+Armed faults act at four points of ``process`` (see ``faults``): as the call
+arrives, after the token and the limits (refusals), after an import created
+its job, and while a status body is built. The bytes of pages and rewritten
+bodies are ``replies``'.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from . import codes, imports, rows
+from . import codes, faults, imports, replies, rows
 from .config import SimConfig
-from .faults import FaultPlan
+from .faults import Fault, FaultPlan
 from .jobs import Job, JobQueue, JobStatus
 from .limits import DailyQuota, InFlight, RateWindow
+from .replies import CSV_TYPE, JSON_TYPE, Response, http_page, json_bytes
 from .tokens import TokenBook
 
 IDENTITY_PATH = "/identity/oauth/token"
-JSON_TYPE = "application/json;charset=UTF-8"
-CSV_TYPE = "text/csv;charset=UTF-8"
 _REDACTED = "<redacted>"
 _SECRET_PARAMS = frozenset({"access_token", "client_secret"})
 # The call log keeps the newest calls only, so a long standalone run stays bounded.
@@ -50,15 +53,6 @@ class Request:
     body_too_large: bool = False
 
 
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str
-    # What the call log shows: a Marketo code string, or an HTTP status.
-    code: str | int | None
-
-
 @dataclass(frozen=True)
 class Route:
     endpoint: str
@@ -73,7 +67,11 @@ class Ticket:
     request: Request
     route: Route
     started: float
+    # The fault drawn as the call arrived; ``fault`` is its kind (the call log's "fault").
+    edge: Fault | None = None
     fault: str | None = None
+    # Kinds of every fault that acted on the call, in order (the call log's "faults").
+    applied: list[str] = field(default_factory=list)
     over_concurrency: bool = False
     in_flight: bool = False
     prepared: imports.Prepared | None = None
@@ -131,9 +129,9 @@ class SimState:
         seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**32)
         # Separate streams: minting a token must not shift the fault draws of a seeded run.
         # Not cryptographic on purpose: a seed must reproduce a run.
-        self._id_rng = random.Random(seed)  # noqa: S311
-        self.tokens = TokenBook(ttl=cfg.token_ttl, pod=cfg.pod, rng=random.Random(seed + 1))  # noqa: S311
-        self.faults = FaultPlan(cfg.fault_rates, random.Random(seed + 2))  # noqa: S311
+        self._id_rng = random.Random(seed)
+        self.tokens = TokenBook(ttl=cfg.token_ttl, pod=cfg.pod, rng=random.Random(seed + 1))
+        self.faults = FaultPlan(cfg.fault_rates, random.Random(seed + 2))
         self.rate = RateWindow(cfg.rate_limit, cfg.rate_window)
         self.quota = DailyQuota(cfg.daily_quota)
         self.in_flight = InFlight(cfg.max_concurrent)
@@ -159,7 +157,10 @@ class SimState:
             if not self.in_flight.enter():
                 ticket.over_concurrency = True
                 return ticket
-        ticket.fault = self.faults.draw(ticket.route.endpoint)
+        ticket.edge = self.faults.draw(ticket.route.endpoint, now)
+        if ticket.edge is not None:
+            ticket.fault = ticket.edge.kind
+            ticket.applied.append(ticket.edge.kind)
         return ticket
 
     def prepare(self, ticket: Ticket) -> None:
@@ -167,7 +168,7 @@ class SimState:
         req, rt = ticket.request, ticket.route
         if rt.endpoint != "import" or req.method != "POST" or ticket.over_concurrency:
             return
-        if ticket.fault and not _fault_proceeds(ticket.fault):
+        if ticket.fault and not faults.proceeds(ticket.fault):
             return
         ticket.prepared = imports.prepare(
             cfg=self.cfg,
@@ -183,24 +184,35 @@ class SimState:
     def process(self, ticket: Ticket, now: float) -> Response:
         self._now = now
         self.advance(now)
+        response = self._process(ticket, now)
+        edge = ticket.edge
+        if edge is not None and edge.kind == "oversize":
+            response = replies.pad(response, edge.param("size"))
+        if edge is not None and edge.kind == "trickle":
+            response = replace(response, pace=float(edge.param("bytes_per_second")))
+        return response
+
+    def _process(self, ticket: Ticket, now: float) -> Response:
         rt, fault = ticket.route, ticket.fault
         if ticket.over_concurrency:
             return self._error("615")
         if fault and fault.isdigit():
             return self._error(fault, limit=self.cfg.rate_limit, window=self._window_text())
         if fault in codes.HTTP_FAULTS:
-            return _http_page(codes.HTTP_FAULTS[fault])
+            return http_page(codes.HTTP_FAULTS[fault])
+        if ticket.edge is not None and ticket.edge.kind == "http429":
+            return replies.too_many_requests(ticket.edge.param("retry_after"))
         if rt.endpoint == "identity":
             return self._identity(ticket, now)
         if not rt.known:
             if self.cfg.unknown_path_status != 200:
-                return _http_page(self.cfg.unknown_path_status)
+                return http_page(self.cfg.unknown_path_status)
             return self._error("610")
         if ticket.request.method not in rt.methods:
             return self._error("605")
         if ticket.prepared is not None and ticket.prepared.too_large:
             # A front end refuses the size before Marketo looks at the token.
-            return _http_page(413)
+            return http_page(413)
         refusal = self._authenticate(ticket, now)
         if refusal:
             return refusal
@@ -212,6 +224,10 @@ class SimState:
         if not self.quota.admit(now):
             self.rate.refund(now)
             return self._error("607")
+        # A configuration-class refusal (603) comes after the token and counts toward the limits.
+        denied = self._take(ticket, faults.REFUSE, now)
+        if denied is not None:
+            return self._error("603", message=replies.refusal_message(denied.param("flavour"), rt.kind))
         return self._endpoint(ticket, now)
 
     def end(self, ticket: Ticket, now: float, response: Response | None, *, delivered: bool = True) -> None:
@@ -232,7 +248,8 @@ class SimState:
                 "endpoint": ticket.route.endpoint,
                 "code": response.code if response is not None else None,
                 "http_status": response.status if response is not None else None,
-                "fault": ticket.fault,
+                "fault": ticket.fault or (ticket.applied[0] if ticket.applied else None),
+                "faults": list(ticket.applied),
                 "delivered": delivered and response is not None,
                 "t": ticket.started,
                 "t_end": now,
@@ -286,21 +303,21 @@ class SimState:
     def _identity(self, ticket: Ticket, now: float) -> Response:
         req = ticket.request
         if req.method not in ("GET", "POST"):
-            return _oauth_error(405, "method_not_allowed", f"Request method '{req.method}' not supported")
+            return replies.oauth_error(405, "method_not_allowed", f"Request method '{req.method}' not supported")
         params = dict(req.query)
         if req.body and "json" not in (req.content_type or "").lower():
             for key, value in parse_query(req.body.decode("utf-8", "replace")).items():
                 params.setdefault(key, value)
         client_id, secret = params.get("client_id"), params.get("client_secret")
         if not client_id or not secret:
-            return _oauth_error(401, "unauthorized", "Full authentication is required to access this resource")
+            return replies.oauth_error(401, "unauthorized", "Full authentication is required to access this resource")
         if client_id != self.cfg.client_id or secret != self.cfg.client_secret:
-            return _oauth_error(401, "invalid_client", "Bad client credentials")
+            return replies.oauth_error(401, "invalid_client", "Bad client credentials")
         grant = params.get("grant_type")
         if not grant:
-            return _oauth_error(400, "invalid_request", "Missing grant type")
+            return replies.oauth_error(400, "invalid_request", "Missing grant type")
         if grant != "client_credentials":
-            return _oauth_error(400, "unsupported_grant_type", f"Unsupported grant type: {grant}")
+            return replies.oauth_error(400, "unsupported_grant_type", f"Unsupported grant type: {grant}")
         token, expires_in = self.tokens.grant(
             now,
             zero_if_reissued=self.cfg.zero_expires_in,
@@ -308,7 +325,7 @@ class SimState:
             grace=self.cfg.zero_expires_grace,
         )
         body = {"access_token": token, "token_type": "bearer", "expires_in": expires_in, "scope": self.cfg.scope}
-        return Response(200, _json(body), JSON_TYPE, 200)
+        return Response(200, json_bytes(body), JSON_TYPE, 200)
 
     def _authenticate(self, ticket: Ticket, now: float) -> Response | None:
         req = ticket.request
@@ -345,8 +362,15 @@ class SimState:
             batch = rt.params.get("batchId")
             return self._error(self.cfg.unknown_batch_code, message=f"Batch not found: {batch}")
         if rt.endpoint == "status":
-            return self._ok([self._status(job, now)])
+            return self._status_reply(ticket, job, now)
         return self._report(job, warnings=rt.endpoint == "warnings")
+
+    def _take(self, ticket: Ticket, stage: str, now: float, pm: bool = False) -> Fault | None:
+        """Consume the armed fault of ``stage`` for this call, if any, and note it in the log."""
+        fault = self.faults.take(stage, ticket.route.endpoint, now, lambda f: pm or f.kind != "bare_status")
+        if fault is not None:
+            ticket.applied.append(fault.kind)
+        return fault
 
     def _find(self, rt: Route, now: float) -> Job | None:
         job = self.queue.get(int(rt.params["batchId"]), now)
@@ -406,7 +430,20 @@ class SimState:
         result["status"] = job.status.value
         if job.kind == "customobject":
             result["objectApiName"] = job.params["objectApiName"]
-        return self._ok([result])
+        created = self._ok([result])
+        lost = self._take(ticket, faults.CREATED, now)
+        return created if lost is None else replies.after_create(lost.param("reply"), created)
+
+    def _status_reply(self, ticket: Ticket, job: Job, now: float) -> Response:
+        result = self._status(job, now)
+        pm = job.kind == "programmember"
+        fault = self._take(ticket, faults.STATUS, now, pm=pm)
+        if (fault is not None and fault.kind == "bare_status") or (pm and not self.cfg.program_member_counters):
+            result = replies.bare(result)
+        envelope = self._envelope(result)
+        if fault is not None and fault.kind == "malformed_status":
+            envelope = replies.malform(envelope, fault.param("shape"))
+        return Response(200, json_bytes(envelope), JSON_TYPE, 200 if envelope["success"] else "611")
 
     def _status(self, job: Job, now: float) -> dict[str, Any]:
         processed, failed, warned = job.counts(now)
@@ -443,7 +480,7 @@ class SimState:
                 affected = [o for o in job.outcomes if o.failure is not None and not o.dropped]
         if not affected:
             if self.cfg.failures_404:
-                return _http_page(404)
+                return http_page(404)
             return Response(200, b"", CSV_TYPE, 200)
         drop = None
         if self.cfg.failure_file_quirk and job.kind == "leads" and not warnings:
@@ -467,19 +504,16 @@ class SimState:
         # "%04x#%011x": a random tag and the clock in milliseconds, like "d01f#15d672f8560".
         return f"{self._id_rng.getrandbits(16):04x}#{int(self._now * 1000) & 0xFFFFFFFFFFF:011x}"
 
+    def _envelope(self, *result: dict[str, Any]) -> dict[str, Any]:
+        return {"requestId": self.request_id(), "result": list(result), "success": True}
+
     def _ok(self, result: list[dict[str, Any]]) -> Response:
-        body = {"requestId": self.request_id(), "result": result, "success": True}
-        return Response(200, _json(body), JSON_TYPE, 200)
+        return Response(200, json_bytes(self._envelope(*result)), JSON_TYPE, 200)
 
     def _error(self, code: str, *, message: str | None = None, **values: object) -> Response:
         text = message if message is not None else codes.message(code, **values)
         body = {"requestId": self.request_id(), "success": False, "errors": [{"code": code, "message": text}]}
-        return Response(200, _json(body), JSON_TYPE, code)
-
-
-def _fault_proceeds(fault: str) -> bool:
-    """Faults after which the call is still processed normally."""
-    return fault in ("reset", "job_failed") or fault.startswith("slow:")
+        return Response(200, json_bytes(body), JSON_TYPE, code)
 
 
 def status_message(job: Job, processed: int, failed: int, warned: int) -> str:
@@ -497,18 +531,3 @@ def status_message(job: Job, processed: int, failed: int, warned: int) -> str:
     if warned:
         text += f", {warned} warning."
     return text
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
-
-
-def _oauth_error(status: int, error: str, description: str) -> Response:
-    return Response(status, _json({"error": error, "error_description": description}), JSON_TYPE, status)
-
-
-def _http_page(status: int) -> Response:
-    # Not the JSON envelope: what a proxy or servlet container answers.
-    reason = codes.HTTP_REASONS.get(status, "Error")
-    page = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1></body></html>\n"
-    return Response(status, page.encode("ascii"), "text/html;charset=ISO-8859-1", status)

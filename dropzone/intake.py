@@ -1,0 +1,287 @@
+"""Intake: notice files in one inbox, wait until each upload is complete, claim it.
+
+One ``Intake`` per inbox. Each pass (``run_once``) takes the watcher's hints,
+rescans when due (events are only hints: they can be lost), looks at each
+candidate once with the stat the scan already made, asks ``readiness`` for a
+verdict, and claims what is ready by renaming it into the inbox's private
+processing area. A claim is journalled (``claiming``) before the rename and
+confirmed after it, so a crash in between loses nothing.
+
+Distrust: the partner owns every name, folder and symlink below the inbox.
+Every look, open and rename goes through ``safefs`` (directory descriptors,
+never following a symlink); what readiness saw (device, inode, size, mtime)
+is what is claimed, or nothing is. One odd entry is that entry's problem:
+it is logged once and the pass goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from dropzone import __version__, outbox, readiness, routing, safefs, watching
+from dropzone import defaults as D
+from dropzone.config import Inbox
+from dropzone.store import Store, utc_now
+
+log = structlog.get_logger("dropzone.intake")
+
+#: Suffix of a consumed marker in the processing area; it is archived with its file.
+MARKER_SUFFIX_IN_PROCESSING = ".marker"
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """What one look found out about a name: its route's marker, asked once."""
+
+    marker: str | None  # the marker suffix its route waits for
+    marker_rel: str | None
+    never_ready: bool  # a temporary name: looked at on scans only
+
+
+@dataclass
+class Intake:
+    """The intake stage of one inbox.
+
+    Args:
+        inbox: its configuration (a reload builds a new ``Intake``).
+        store: the journal.
+        hints: the queue the watcher puts touched paths on (shared; the
+            daemon routes each hint to its inbox's ``hint``).
+        heartbeat: called per item, so a long pass still counts as alive.
+    """
+
+    inbox: Inbox
+    store: Store
+    hints: queue.Queue[tuple[Path, str]]
+    heartbeat: Callable[[], None] = lambda: None
+    next_scan: float = 0.0
+    tracker: readiness.Tracker = field(init=False)
+    watcher: watching.Watcher = field(init=False)
+    _touched: set[str] = field(default_factory=set)
+    _candidates: dict[str, _Candidate] = field(default_factory=dict)
+    _refused: set[tuple[str, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # min_size 0: an empty file that stays closed and quiet is claimed and
+        # refused ("empty file") like any other bad file, not tracked for a day.
+        self.tracker = readiness.Tracker(
+            quiet_period=self.inbox.quiet_period, marker_suffixes=self.inbox.marker_suffixes, min_size=0
+        )
+        self.watcher = watching.Watcher(
+            self.inbox.path, self.hints, polling=watching.use_polling(self.inbox.watch.value, self.inbox.path)
+        )
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        self.watcher.start()
+
+    def stop(self) -> None:
+        self.watcher.stop()
+
+    def hint(self, rel: str) -> None:
+        """The watcher saw something happen to ``rel``: look at it in the next pass."""
+        self._touched.add(rel)
+
+    def rescan_now(self) -> None:
+        self.next_scan = 0.0
+
+    def waiting(self, now: float) -> tuple[int, float | None]:
+        return self.tracker.waiting(now)
+
+    # ---- one pass -------------------------------------------------------------
+
+    def run_once(self, now: float) -> bool:
+        """Scan if due, look at what changed, claim what is ready; True when a file was claimed."""
+        if self.watcher.ensure_alive():
+            self.next_scan = 0.0
+        try:
+            root = safefs.Root.open(self.inbox.path)
+        except OSError as exc:
+            log.error("inbox_unreadable", inbox=str(self.inbox.path), error=exc.strerror or str(exc))
+            self.next_scan = now + self.inbox.scan_interval
+            return False
+        with root:
+            scanned = self._scan(root, now) if now >= self.next_scan else set()
+            touched, self._touched = self._touched, set()
+            # Every ready-able candidate is looked at again, not only those events
+            # named: readiness needs a look after the quiet period, and events may never
+            # come. Temporary names cannot become ready: scans alone look at them.
+            again = {rel for rel, c in self._candidates.items() if not c.never_ready}
+            for rel in (touched | again) - scanned:
+                self._guarded(self._look_up, root, rel, now)
+            claimed = 0
+            for rel in list(self._candidates):
+                if claimed >= D.CLAIMS_PER_PASS:
+                    break  # the rest next pass: other inboxes get their turn
+                if self._guarded(self._maybe_claim, root, rel, now):
+                    claimed += 1
+            for stale in self.tracker.take_stale(now, after=self.inbox.stale_partial_after):
+                self._guarded(self._report_stale, stale)
+        return claimed > 0
+
+    def _guarded(self, step: Callable[..., bool | None], *args: object) -> bool:
+        """One entry's step; an error there is that entry's problem, logged, never the pass's."""
+        self.heartbeat()
+        try:
+            return bool(step(*args))
+        except Exception as exc:  # noqa: BLE001 - isolate the item
+            log.warning(
+                "intake_item_failed",
+                inbox=str(self.inbox.path),
+                step=getattr(step, "__name__", "?"),
+                error=str(exc) or type(exc).__name__,
+            )
+            return False
+
+    def _scan(self, root: safefs.Root, now: float) -> set[str]:
+        """Look at everything in the inbox with the stat the walk made; returns what was looked at."""
+        self.next_scan = now + self.inbox.scan_interval
+        seen: set[str] = set()
+        complete = True
+        for entry in root.walk(skip_hidden_dirs=True):
+            if entry.relpath not in self._candidates and len(self._candidates) >= D.TRACKED_PER_INBOX:
+                complete = False
+                continue  # tracking is capped: the rest on a later scan, once these are claimed
+            seen.add(entry.relpath)
+            self._guarded(self._look, root, entry.relpath, entry.st, now)
+        if complete:
+            for rel in [r for r in self._candidates if r not in seen]:
+                self._forget(rel)
+        return seen
+
+    def _look_up(self, root: safefs.Root, rel: str, now: float) -> None:
+        if not rel or rel == "." or rel.startswith("../"):
+            return
+        try:
+            st = root.stat(rel)
+        except OSError:
+            self._forget(rel)  # gone, or behind a symlinked folder: nothing to take
+            return
+        if stat.S_ISDIR(st.st_mode):
+            return
+        self._look(root, rel, st, now)
+
+    def _look(self, root: safefs.Root, rel: str, st: os.stat_result, now: float) -> None:
+        if any(part.startswith(".") for part in rel.split("/")[:-1]):
+            return  # hidden folders: our processing area, upload tools' temporary folders
+        if not stat.S_ISREG(st.st_mode):
+            key = (rel, st.st_ino)
+            if key not in self._refused:
+                self._refused.add(key)
+                log.warning("not_a_regular_file_skipped", inbox=str(self.inbox.path), file=rel)
+            return
+        candidate = self._candidates.get(rel)
+        if candidate is None:
+            candidate = self._candidates[rel] = self._candidate(rel)
+        marker_present = root.exists(candidate.marker_rel) if candidate.marker_rel else None
+        self.tracker.observe(
+            rel,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            inode=st.st_ino,
+            now=now,
+            marker_present=marker_present,
+        )
+
+    def _candidate(self, rel: str) -> _Candidate:
+        ignored = readiness.is_ignored_path(rel, self.inbox.marker_suffixes)
+        match = None if ignored else routing.route(self.inbox.routes, rel)
+        if isinstance(match, routing.RouteMatch) and match.route.marker:
+            return _Candidate(match.route.marker, match.marker_relpath, never_ready=False)
+        return _Candidate(None, None, never_ready=ignored)
+
+    def _forget(self, rel: str) -> None:
+        self.tracker.forget(rel)
+        self._candidates.pop(rel, None)
+
+    # ---- claim ------------------------------------------------------------------
+
+    def _maybe_claim(self, root: safefs.Root, rel: str, now: float) -> bool:
+        candidate = self._candidates.get(rel)
+        if candidate is None or candidate.never_ready:
+            return False
+        if not self.tracker.is_ready(rel, now, marker=candidate.marker).is_ready:
+            return False
+        if watching.is_open_for_writing(self.inbox.path / rel):
+            self.tracker.observe(rel, size=-1, mtime_ns=0, inode=0, now=now)  # restart the quiet period
+            log.info("file_still_open", inbox=str(self.inbox.path), file=rel)
+            return False
+        expected = self.tracker.stat_of(rel)
+        self._forget(rel)
+        return self._claim(root, rel, expected, candidate)
+
+    def _claim(
+        self, root: safefs.Root, rel: str, expected: readiness.FileStat | None, candidate: _Candidate
+    ) -> bool:
+        inbox = self.inbox
+        try:
+            st = root.stat(rel)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            log.warning("not_a_regular_file_skipped", inbox=str(inbox.path), file=rel)
+            return False
+        if st.st_nlink != 1:
+            # A hard link may point at anyone's file on this filesystem: never taken.
+            log.warning("hard_linked_file_skipped", inbox=str(inbox.path), file=rel, links=st.st_nlink)
+            return False
+        if readiness.FileStat(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) != expected:
+            # Replaced since readiness looked: the next look starts a new quiet period.
+            log.info("file_changed_before_claim", inbox=str(inbox.path), file=rel)
+            return False
+        # Flat, unique, short names: no partner name can exceed NAME_MAX with a prefix.
+        name = uuid.uuid4().hex
+        with root.open_dir(D.PROCESSING_DIRNAME, create=True, private=True) as processing:
+            file_id = self.store.begin_claim(
+                inbox=inbox.path,
+                relpath=rel,
+                processing_path=inbox.processing_dir / name,
+                size=st.st_size,
+                dev=st.st_dev,
+                ino=st.st_ino,
+            )
+            try:
+                safefs.rename(root, rel, processing, name, expect=st)
+            except OSError as exc:
+                self.store.forget_claim(file_id)
+                log.warning("claim_failed", inbox=str(inbox.path), file=rel, error=exc.strerror or str(exc))
+                return False
+            self.store.confirm_claim(file_id)
+            log.info("file_claimed", inbox=str(inbox.path), file=rel, file_id=file_id, bytes=st.st_size)
+            if candidate.marker_rel:
+                self._consume_marker(root, processing, candidate.marker_rel, name)
+        return True
+
+    def _consume_marker(self, root: safefs.Root, processing: safefs.Root, marker_rel: str, name: str) -> None:
+        """Take the marker with its file, so a later upload under the same name waits for a new one."""
+        try:
+            safefs.rename(root, marker_rel, processing, name + MARKER_SUFFIX_IN_PROCESSING)
+        except OSError as exc:
+            log.warning("marker_not_consumed", inbox=str(self.inbox.path), marker=marker_rel, error=str(exc))
+
+    # ---- abandoned uploads ----------------------------------------------------------
+
+    def _report_stale(self, stale: readiness.StaleUpload) -> None:
+        """Tell the partner about an upload that looks abandoned; the file itself is left where it is."""
+        log.warning("upload_abandoned", inbox=str(self.inbox.path), file=stale.path, reason=stale.message)
+        doc = {
+            "schemaVersion": outbox.SCHEMA_VERSION,
+            "file": stale.path,
+            "status": "Abandoned",
+            "kind": str(stale.kind),
+            "message": stale.message,
+            "unchangedForSeconds": round(stale.unchanged_for),
+            "detectedAt": utc_now(),
+            "dropzoneVersion": __version__,
+        }
+        with safefs.Root.open(self.inbox.outbox, create=True) as out:
+            out.atomic_write(f"{stale.path}.abandoned.json", outbox.json_bytes(doc), create_dirs=True)

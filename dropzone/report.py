@@ -1,0 +1,224 @@
+"""Report: tell the partner how each file went, then archive the original.
+
+Each pass (``run_once``): a file whose chunks are all final gets its outcome
+(``jobs.file_outcome``) and moves to ``finishing``; each finishing file gets
+its failures, warnings and status files written into its inbox's outbox
+(atomically: a partner never reads half a file), then its original (and the
+marker it came with) is moved from the processing area into the archive.
+Names are chosen once and journalled, so a crash and a retry write the same
+files.
+
+Distrust: result files for ``sub/NAME`` go to ``sub/`` of the partner's
+*own* outbox, through ``safefs`` (no symlink followed from the outbox down);
+a partner who plants a symlink there only keeps their own results from
+reaching them: they are kept in ``state_dir/undeliverable/`` and logged.
+The archive is the daemon's: its folders are created or verified as ours.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from dropzone import __version__, health, jobs, outbox, safefs
+from dropzone.config import Inbox
+from dropzone.intake import MARKER_SUFFIX_IN_PROCESSING
+from dropzone.jobs import ChunkState, FileState, Outcome
+from dropzone.kinds import FileFormat
+from dropzone.prepare import work_dir
+from dropzone.store import ChunkRow, FileRow, Store, utc_now
+
+log = structlog.get_logger("dropzone.report")
+
+
+def batch_doc(c: ChunkRow) -> dict[str, Any]:
+    """One chunk as the status file shows it."""
+    complete = c.state is ChunkState.DONE and c.marketo_status == "Complete"
+    imported = jobs.imported_rows(jobs.ChunkResult(c.state, c.marketo_status, c.rows, c.processed, c.failed, c.warned))
+    doc: dict[str, Any] = {
+        "chunk": c.index,
+        "batchId": c.batch_id,
+        "sourceLines": [c.first_line, c.last_line],
+        "rows": c.rows,
+        "marketoStatus": c.marketo_status,
+        "message": c.message,
+        "rowsProcessed": c.processed if complete else imported,
+        "rowsFailed": c.failed if complete else c.rows - imported,
+        "rowsWithWarning": c.warned,
+    }
+    if c.error:
+        doc["error"] = c.error
+    if c.resubmits:
+        doc["resubmitted"] = c.resubmits
+    return doc
+
+
+def file_error(chunks: list[ChunkRow]) -> str | None:
+    """The first thing that went wrong, for the status file's ``error``."""
+    errors = [c.error for c in chunks if c.error]
+    if errors:
+        return errors[0]
+    failed = [c for c in chunks if c.marketo_status == "Failed"]
+    if failed:
+        return f"Marketo failed batch {failed[0].batch_id}: {failed[0].message}"
+    return None
+
+
+@dataclass
+class Report:
+    """The report stage.
+
+    Args:
+        store: the journal.
+        inbox_of: a file's inbox configuration (retired ones included), None if gone.
+        state_dir: the work area, the default archive and undeliverable results live below it.
+        metrics: counts finished files.
+        heartbeat: called per file.
+    """
+
+    store: Store
+    inbox_of: Callable[[Path], Inbox | None]
+    state_dir: Path
+    metrics: health.Metrics
+    heartbeat: Callable[[], None] = lambda: None
+
+    def run_once(self, now: float) -> bool:
+        busy = self._settle()
+        for row in self.store.files([FileState.FINISHING]):
+            self.heartbeat()
+            with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath):
+                try:
+                    self._report(row)
+                    busy = True
+                except OSError as exc:
+                    # An unwritable outbox or archive: keep everything, try again later.
+                    log.error("report_failed_will_retry", error=str(exc))
+                except Exception:  # noqa: BLE001 - one file's report never stops the others
+                    log.exception("report_failed_internal_error")
+        return busy
+
+    def _settle(self) -> bool:
+        busy = False
+        for row in self.store.files([FileState.SPLIT]):
+            chunks = self.store.chunks_of(row.id)
+            if not all(c.state in jobs.CHUNK_FINAL for c in chunks):
+                continue
+            outcome = jobs.file_outcome(
+                jobs.ChunkResult(c.state, c.marketo_status, c.rows, c.processed, c.failed, c.warned) for c in chunks
+            )
+            self.store.settle(row.id, outcome, error=file_error(chunks))
+            busy = True
+        return busy
+
+    # ---- results ------------------------------------------------------------------
+
+    def _report(self, row: FileRow) -> None:
+        inbox = self.inbox_of(row.inbox)
+        fmt = row.fmt or FileFormat.from_name(row.relpath) or FileFormat.CSV
+        if inbox is None:
+            self._deliver(row, fmt, self.state_dir / "orphaned-results", trusted=True)
+        else:
+            try:
+                self._deliver(row, fmt, inbox.outbox, trusted=False)
+            except safefs.UnsafePathError as exc:
+                where = self.state_dir / "undeliverable" / str(row.id)
+                log.error("results_undeliverable_kept", reason=str(exc), kept_in=str(where))
+                self._deliver(row, fmt, where, trusted=True)
+        archived = self._archive(row, inbox)
+        self.store.finish_file(row.id, finished_at=utc_now(), archived_to=archived)
+        shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
+
+    def _deliver(self, row: FileRow, fmt: FileFormat, out_dir: Path, *, trusted: bool) -> None:
+        with safefs.Root.open(out_dir, create=True) as out:
+            if row.outbox_files is None:
+                stamp = row.received_at.replace("-", "").replace(":", "")
+                exists = out.exists if not trusted else (lambda name: (out_dir / name).exists())
+                stem = outbox.choose_stem(exists, row.relpath, fmt.value, stamp)
+                self.store.set_outbox_names(row.id, outbox.result_names(stem, fmt.value))
+                row = self.store.file(row.id)
+            status_name, failures_name, warnings_name = row.outbox_files or ["", "", ""]
+            chunks = self.store.chunks_of(row.id)
+            written: dict[str, str | None] = {"failures": None, "warnings": None}
+            for kind, name in (("failures", failures_name), ("warnings", warnings_name)):
+                pieces = []
+                for c in chunks:
+                    path = c.failures_path if kind == "failures" else c.warnings_path
+                    if path is not None and path.exists():
+                        pieces.append(outbox.ChunkRows(c.path, c.first_line, path.read_bytes()))
+                data, _count = outbox.merge_rows(pieces, fmt=fmt) if pieces else (None, 0)
+                if data is not None:
+                    out.atomic_write(name, data, create_dirs=True)
+                    written[kind] = Path(name).name
+            batches = [batch_doc(c) for c in chunks]
+            doc = outbox.build_status(
+                file=row.relpath,
+                received_at=row.received_at,
+                finished_at=utc_now(),
+                route=self._route_doc(row),
+                status=row.outcome or Outcome.FAILED,
+                rows_total=row.rows or 0,
+                batches=batches,
+                error=row.error,
+                error_line=row.error_line,
+                notes=row.notes,
+                failures_file=written["failures"],
+                warnings_file=written["warnings"],
+                version=__version__,
+            )
+            out.atomic_write(status_name, outbox.json_bytes(doc), create_dirs=True)
+        self.metrics.file_finished(
+            doc["status"],
+            rows_processed=doc["rowsProcessed"],
+            rows_failed=doc["rowsFailed"],
+            rows_warned=doc["rowsWithWarning"],
+        )
+        log.info(
+            "file_finished",
+            file_id=row.id,
+            status=doc["status"],
+            rows=doc["rowsTotal"],
+            processed=doc["rowsProcessed"],
+            failed=doc["rowsFailed"],
+            warned=doc["rowsWithWarning"],
+            batches=[b.get("batchId") for b in batches],
+        )
+
+    @staticmethod
+    def _route_doc(row: FileRow) -> dict[str, Any] | None:
+        if row.target is None:
+            return None
+        doc: dict[str, Any] = {"object": row.target.kind.value}
+        if row.fmt is not None:
+            doc["format"] = row.fmt.value
+        doc.update(row.target.params())
+        return doc
+
+    # ---- archive ------------------------------------------------------------------
+
+    def _archive(self, row: FileRow, inbox: Inbox | None) -> Path | None:
+        area, name = row.processing_path.parent, row.processing_path.name
+        with safefs.Root.open(area.parent) as inbox_root, inbox_root.open_dir(area.name, private=True) as processing:
+            if not processing.exists(name):
+                return row.archived_to  # moved before a crash, or gone
+            root = (inbox.archive if inbox and inbox.archive else None) or self.state_dir / "archive"
+            folder, _, base = row.relpath.rpartition("/")
+            sub = "/".join(
+                p for p in ("failed" if row.outcome in (Outcome.REJECTED, Outcome.FAILED) else "",
+                            row.received_at[:10].replace("-", "/"), folder) if p
+            )
+            with safefs.Root.open(root, create=True) as archive_root, archive_root.open_dir(
+                sub, create=True, private=True
+            ) as day:
+                target = base if not day.exists(base) else f"{base}.{row.id}"
+                self.store.set_archive_target(row.id, root / sub / target)
+                # The archive may be on another filesystem (state_dir's by default).
+                safefs.rename(processing, name, day, target, cross_device=True)
+                marker = name + MARKER_SUFFIX_IN_PROCESSING
+                if processing.exists(marker):
+                    safefs.rename(processing, marker, day, target + MARKER_SUFFIX_IN_PROCESSING, cross_device=True)
+        return root / sub / target
