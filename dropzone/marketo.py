@@ -103,14 +103,13 @@ class ImportTarget:
         if self.kind is ObjectKind.PROGRAM_MEMBER and not (self.program_id and self.program_member_status):
             raise ValueError("a program member import needs programId and programMemberStatus")
 
+    def params(self) -> dict[str, str | int]:
+        """The parameters that are set, under Marketo's names (``listId``, ``programId``...)."""
+        return {key: value for name, key in _JSON_NAMES.items() if (value := getattr(self, name)) is not None}
+
     def to_json(self) -> str:
         """A stable text: sorted keys, no spaces, parameters not set left out."""
-        doc: dict[str, str | int] = {"object": self.kind.value}
-        for name, key in _JSON_NAMES.items():
-            value = getattr(self, name)
-            if value is not None:
-                doc[key] = value
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return json.dumps({"object": self.kind.value, **self.params()}, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> ImportTarget:

@@ -134,6 +134,8 @@ class Report:
         shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
 
     def _deliver(self, row: FileRow, fmt: FileFormat, out_dir: Path, *, trusted: bool) -> None:
+        if trusted:
+            out_dir.mkdir(parents=True, exist_ok=True)  # ours, below state_dir
         with safefs.Root.open(out_dir, create=True) as out:
             if row.outbox_files is None:
                 stamp = row.received_at.replace("-", "").replace(":", "")

@@ -75,9 +75,9 @@ _DDL = (
         resubmits INTEGER NOT NULL DEFAULT 0,
         marketo_status TEXT,
         message TEXT,
-        processed INTEGER NOT NULL DEFAULT 0,
-        failed INTEGER NOT NULL DEFAULT 0,
-        warned INTEGER NOT NULL DEFAULT 0,
+        processed INTEGER,
+        failed INTEGER,
+        warned INTEGER,
         failures_path BLOB,
         warnings_path BLOB,
         error TEXT,
@@ -89,11 +89,20 @@ _DDL = (
 )
 
 #: What each older schema needs to reach this one (SQLite adds columns in place).
+_CHUNK_COLUMNS_V1 = (
+    "id, file_id, idx, path, first_line, last_line, rows, size, state, batch_id, submits, resubmits,"
+    " marketo_status, message, processed, failed, warned, failures_path, warnings_path, error, submitted_at"
+)
 _UPGRADES: dict[int, tuple[str, ...]] = {
+    # 2: the claimed file's identity; a resubmit hold; counters that may be unknown (NULL).
     1: (
         "ALTER TABLE files ADD COLUMN dev INTEGER",
         "ALTER TABLE files ADD COLUMN ino INTEGER",
-        "ALTER TABLE chunks ADD COLUMN not_before REAL",
+        "ALTER TABLE chunks RENAME TO chunks_v1",
+        _DDL[2],
+        f"INSERT INTO chunks ({_CHUNK_COLUMNS_V1}) SELECT {_CHUNK_COLUMNS_V1} FROM chunks_v1",
+        "DROP TABLE chunks_v1",
+        _DDL[3],
     ),
 }
 

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dropzone import health
-from dropzone.health import HealthServer, Metrics
 from dropzone.config import MarketoSettings
+from dropzone.health import HealthServer, Metrics
 from dropzone.marketo import MarketoClient
 from dropzone.simulator import Simulator
 from tests.conftest import CLIENT_ID, CLIENT_SECRET

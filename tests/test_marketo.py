@@ -28,6 +28,7 @@ from dropzone import errors, transport
 from dropzone.config import MarketoSettings
 from dropzone.kinds import FileFormat, ObjectKind
 from dropzone.marketo import BatchStatus, CallRecord, ImportTarget, MarketoClient, ReplyLimits, make_session
+from dropzone.simulator import Fault
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, wait_until
 
 LEADS = ImportTarget(kind=ObjectKind.LEADS, lookup_field="email")
@@ -118,7 +119,9 @@ def reply(
     length: bool = True,
 ) -> Step:
     """An answer; ``length=False`` leaves Content-Length out (the body ends when the connection does)."""
-    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body.encode() if isinstance(body, str) else body
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    data = body.encode() if isinstance(body, str) else body
 
     def step(h: _Handler) -> None:
         h.send_response(status)
@@ -157,7 +160,8 @@ def trickle(body: bytes, every: float, *, headers_too: bool = False) -> Step:
 
 
 def ok_batch(batch_id: int = 7, status: str = "Queued", **extra: Any) -> Step:
-    return reply(body={"requestId": "a#b", "success": True, "result": [{"batchId": batch_id, "status": status, **extra}]})
+    result = [{"batchId": batch_id, "status": status, **extra}]
+    return reply(body={"requestId": "a#b", "success": True, "result": result})
 
 
 def marketo_error(code: str, message: str = "") -> Step:
@@ -177,7 +181,9 @@ class FakeMarketo(ThreadingHTTPServer):
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._script: dict[str, list[Step]] = {
-            "identity": [reply(body={"access_token": TOKEN, "token_type": "bearer", "expires_in": 3600, "scope": "a@b"})]
+            "identity": [
+                reply(body={"access_token": TOKEN, "token_type": "bearer", "expires_in": 3600, "scope": "a@b"})
+            ]
         }
         self.requests: list[dict[str, Any]] = []
         self.stall_uploads = False
@@ -214,16 +220,19 @@ class _Handler(BaseHTTPRequestHandler):
             endpoint = "identity"
         elif self.command == "POST":
             endpoint = "import"
+        elif path.endswith(("/failures.json", "/warnings.json")):
+            endpoint = path.rsplit("/", 1)[-1].removesuffix(".json")
         else:
-            endpoint = path.rsplit("/", 1)[-1].removesuffix(".json") if path.endswith(("/failures.json", "/warnings.json")) else "status"
+            endpoint = "status"
         with self.server._lock:
             self.server.requests.append(
-                {"endpoint": endpoint, "method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                {"endpoint": endpoint, "method": self.command, "path": self.path, "headers": dict(self.headers),
+                 "body": body}
             )
         self.server.next_step(endpoint)(self)
         self.close_connection = True
 
-    do_POST = do_GET
+    do_POST = do_GET  # noqa: N815 - http.server's spelling
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -245,11 +254,11 @@ def fake() -> Iterator[FakeMarketo]:
 def fake_client(fake, fake_time, calls):
     made: list[MarketoClient] = []
 
-    def make(*, limits: ReplyLimits = ReplyLimits(), **overrides: Any) -> MarketoClient:
+    def make(*, limits: ReplyLimits | None = None, **overrides: Any) -> MarketoClient:
         overrides.setdefault("max_retry_seconds", 30.0)
         client = MarketoClient(
             settings_for(fake.url, **overrides), sleep=fake_time.sleep, clock=fake_time.clock, on_call=calls.append,
-            limits=limits,
+            limits=limits or ReplyLimits(),
         )
         made.append(client)
         return client
@@ -266,7 +275,10 @@ class Hooks:
         self.events: list[str] = []
 
     def kwargs(self) -> dict[str, Callable[[], None]]:
-        return {"before_send": lambda: self.events.append("send"), "not_executed": lambda: self.events.append("not executed")}
+        return {
+            "before_send": lambda: self.events.append("send"),
+            "not_executed": lambda: self.events.append("not executed"),
+        }
 
 
 def closed_port() -> int:
@@ -699,6 +711,81 @@ class TestLimiter:
         assert len([c for c in simulator.calls() if c["code"] == "606"]) == 0
 
 
+class TestSimulatorFaults:
+    """The misbehaviours the simulator plays, seen through the client."""
+
+    @pytest.mark.parametrize(("reply_kind", "reason"), [
+        ("502", "HTTP 502"), ("503", "HTTP 503"), ("504", "HTTP 504"),
+        ("not_json", "reply not JSON"), ("truncated", "reply not JSON"),
+    ])
+    def test_created_then_a_bad_reply_is_outcome_unknown(self, simulator, client, tmp_path, calls, reply_kind, reason):
+        """The job exists; the client says it does not know, and does not send a second copy."""
+        simulator.arm(Fault("create_then", reply=reply_kind))
+        hooks = Hooks()
+        with pytest.raises(errors.OutcomeUnknownError) as caught:
+            client.submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV, **hooks.kwargs())
+        assert caught.value.reason == reason
+        assert len(simulator.submissions()) == 1
+        assert len([c for c in calls if c.endpoint == "import"]) == 1
+        assert hooks.events == ["send"]
+
+    def test_429_pages_on_polls_are_waited_out(self, simulator, client, tmp_path, fake_time):
+        submitted = client.submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV)
+        simulator.arm(Fault("http429", endpoint="status", times=2, retry_after=9))
+        fake_time.sleeps.clear()
+        assert client.status(LEADS, submitted.batch_id).batch_id == submitted.batch_id
+        assert len(fake_time.sleeps) == 2 and min(fake_time.sleeps) >= 9.0
+
+    @pytest.mark.parametrize("flavour", ["access_denied", "ip_allowlist", "permission"])
+    def test_603_refusals_are_misconfigured(self, simulator, client, tmp_path, flavour):
+        simulator.arm(Fault("refuse", endpoint="import", times=1, flavour=flavour))
+        with pytest.raises(errors.MisconfiguredError) as caught:
+            client.submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV)
+        assert caught.value.code == "603"
+        assert simulator.submissions() == []
+
+    @pytest.mark.parametrize("shape", ["failed_string", "errors_dict"])
+    def test_malformed_status_is_transient(self, simulator, make_client, tmp_path, shape):
+        client = make_client(max_retry_seconds=0.0)
+        submitted = client.submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV)
+        simulator.arm(Fault("malformed_status", shape=shape))
+        with pytest.raises(errors.TransientError):
+            client.status(LEADS, submitted.batch_id)
+        assert client.status(LEADS, submitted.batch_id).batch_id == submitted.batch_id
+
+    def test_a_null_counter_is_unknown(self, simulator, client, tmp_path):
+        """null is 'not given', like a missing key: None, never 0."""
+        submitted = client.submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV)
+        finished(client, LEADS, submitted.batch_id)
+        simulator.arm(Fault("malformed_status", shape="processed_null"))
+        assert client.status(LEADS, submitted.batch_id).processed is None
+
+    def test_bare_program_member_status(self, simulator, client, tmp_path):
+        submitted = client.submit(MEMBERS, write(tmp_path, "m.csv", "email\nann@example.com\n"), fmt=CSV)
+        finished(client, MEMBERS, submitted.batch_id)
+        simulator.arm(Fault("bare_status"))
+        status = client.status(MEMBERS, submitted.batch_id)
+        assert (status.status, status.processed, status.failed, status.warned) == ("Complete", None, None, None)
+
+    def test_trickle_ends_at_the_deadline(self, simulator, sim_config, fake_time, tmp_path):
+        client = MarketoClient(settings_for(simulator.base_url, max_retry_seconds=0.0), sleep=fake_time.sleep,
+                               clock=fake_time.clock, limits=ReplyLimits(call_deadline=1.0))
+        submitted = client.submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV)
+        simulator.arm(Fault("trickle", endpoint="status", bytes_per_second=5.0))
+        started = time.monotonic()
+        with pytest.raises(errors.TransientError, match="deadline passed"):
+            client.status(LEADS, submitted.batch_id)
+        assert time.monotonic() - started < 2.5
+        client.close()
+
+    def test_oversize_is_refused(self, simulator, make_client, tmp_path):
+        client = make_client(max_retry_seconds=0.0)
+        submitted = client.submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV)
+        simulator.arm(Fault("oversize", endpoint="status"))
+        with pytest.raises(errors.TransientError, match="reply too large"):
+            client.status(LEADS, submitted.batch_id)
+
+
 # ---- what the simulator does not do (yet): a scripted Marketo ------------------------
 
 
@@ -761,7 +848,7 @@ class TestUntrustedSubmits:
     def test_a_404_before_marketo_is_misconfigured(self, fake, fake_client, tmp_path):
         """An HTML 404 on the import path: the endpoint is wrong (Marketo answers 610 in JSON)."""
         fake.answer("import", reply(404, HTML, content_type="text/html"))
-        with pytest.raises(errors.MisconfiguredError, match="marketo.endpoint"):
+        with pytest.raises(errors.MisconfiguredError, match=r"marketo\.endpoint"):
             fake_client().submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV)
 
     def test_the_session_never_resends(self):
@@ -812,14 +899,16 @@ class TestUntrustedPolls:
 
     def test_program_member_status_without_counters_is_unknown_not_zero(self, fake, fake_client):
         """The swagger's ImportProgramMemberResponse has only batchId, importId, status."""
-        fake.answer("status", reply(body={"success": True, "result": [{"batchId": 7, "importId": "7", "status": "Complete"}]}))
+        bare = {"batchId": 7, "importId": "7", "status": "Complete"}
+        fake.answer("status", reply(body={"success": True, "result": [bare]}))
         status = fake_client().status(MEMBERS, 7)
         assert (status.status, status.processed, status.failed, status.warned) == ("Complete", None, None, None)
         assert status.is_finished
 
     def test_counters_are_read_as_given(self, fake, fake_client):
         """Leads' numOfLeadsProcessed, and a counter given as digits."""
-        fake.answer("status", ok_batch(7, "Complete", numOfLeadsProcessed=2, numOfRowsFailed="1", numOfRowsWithWarning=0))
+        counters = {"numOfLeadsProcessed": 2, "numOfRowsFailed": "1", "numOfRowsWithWarning": 0}
+        fake.answer("status", ok_batch(7, "Complete", **counters))
         status = fake_client().status(LEADS, 7)
         assert (status.processed, status.failed, status.warned) == (2, 1, 0)
 
@@ -966,7 +1055,8 @@ class TestSecretsOnNewPaths:
                 with pytest.raises(errors.MarketoError) as info:
                     call()
                 caught.append(info.value)
-            fake.answer("identity", reply(401, {"error": "invalid_client", "error_description": f"bad {CLIENT_SECRET}"}))
+            refusal = {"error": "invalid_client", "error_description": f"bad {CLIENT_SECRET}"}
+            fake.answer("identity", reply(401, refusal))
             client._token = None
             with pytest.raises(errors.AuthError) as info:
                 client.check_credentials()

@@ -1,0 +1,293 @@
+"""Each stage on its own: real folders and the real journal, a fake clock, plain values; no daemon."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dropzone import errors, health
+from dropzone.config import Config, Inbox
+from dropzone.dispatch import Dispatch
+from dropzone.intake import Intake
+from dropzone.jobs import ChunkState, FileState, Outcome
+from dropzone.marketo import BatchStatus, ImportTarget
+from dropzone.prepare import Prepare, work_dir
+from dropzone.report import Report
+from dropzone.store import Store
+from tests.helpers import make_config
+
+QUIET = 0.2  # make_config's quiet period
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path, "http://127.0.0.1:9")  # nothing answers there: no stage here calls Marketo
+
+
+@pytest.fixture
+def store(config: Config) -> Iterator[Store]:
+    s = Store(config.state_dir)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def inbox(config: Config) -> Inbox:
+    return config.inboxes[0]
+
+
+def intake_of(inbox: Inbox, store: Store) -> Intake:
+    # Scan-only: the stage is driven by its scans here, not by watchdog's events.
+    inbox = dataclasses.replace(inbox, watch=inbox.watch.POLLING)
+    return Intake(inbox, store, queue.Queue())
+
+
+def claim(inbox: Inbox, store: Store, name: str, data: bytes) -> int:
+    """Drop a file and run intake until it is claimed; returns the file id."""
+    (inbox.path / name).write_bytes(data)
+    intake = intake_of(inbox, store)
+    assert intake.run_once(0.0) is False  # first sight: the quiet period starts
+    intake.rescan_now()
+    assert intake.run_once(QUIET + 0.01) is True
+    [row] = [r for r in store.files([FileState.CLAIMED]) if r.relpath == name]
+    return row.id
+
+
+class TestIntake:
+    def test_a_file_is_claimed_only_after_its_quiet_period(self, inbox, store):
+        (inbox.path / "leads_a.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        assert intake.run_once(0.0) is False
+        assert intake.run_once(QUIET / 2) is False
+        assert intake.run_once(QUIET + 0.01) is True
+        [row] = store.files([FileState.CLAIMED])
+        assert row.relpath == "leads_a.csv"
+        assert not (inbox.path / "leads_a.csv").exists()
+        assert row.processing_path.read_bytes() == b"email\na@example.com\n"
+
+    def test_a_symlinked_folder_is_never_walked(self, tmp_path, inbox, store):
+        """acme links bob's inbox into its own: nothing of bob's is claimed."""
+        bob = tmp_path / "bob"
+        bob.mkdir()
+        (bob / "leads_bob.csv").write_bytes(b"email\nbob@example.com\n")
+        (inbox.path / "x").symlink_to(bob)
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        intake.rescan_now()
+        assert intake.run_once(QUIET + 0.01) is False
+        assert store.files() == []
+        assert (bob / "leads_bob.csv").read_bytes() == b"email\nbob@example.com\n"
+
+    def test_a_planted_processing_symlink_is_refused(self, tmp_path, inbox, store):
+        """``.processing -> bob's inbox``: the claim is refused, the file stays where the partner put it."""
+        bob = tmp_path / "bob"
+        bob.mkdir()
+        (inbox.path / ".processing").symlink_to(bob)
+        (inbox.path / "leads_a.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        intake.rescan_now()
+        assert intake.run_once(QUIET + 0.01) is False
+        assert list(bob.iterdir()) == []
+        assert (inbox.path / "leads_a.csv").exists()
+        assert store.files() == []
+
+    def test_a_hard_link_is_never_claimed(self, tmp_path, inbox, store):
+        other = tmp_path / "someone_elses.csv"
+        other.write_bytes(b"email\nsecret@example.com\n")
+        os.link(other, inbox.path / "leads_link.csv")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        intake.rescan_now()
+        assert intake.run_once(QUIET + 0.01) is False
+        assert store.files() == []
+
+    def test_the_marker_is_consumed_with_its_file(self, tmp_path, store):
+        cfg = make_config(tmp_path, "http://127.0.0.1:9", routes='\n      - match: "*.csv"\n        object: leads\n        marker: true\n')
+        inbox = cfg.inboxes[0]
+        (inbox.path / "a.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        intake.rescan_now()
+        assert intake.run_once(QUIET + 0.01) is False  # no marker yet
+        (inbox.path / "a.csv.done").write_bytes(b"")
+        intake.rescan_now()
+        assert intake.run_once(QUIET + 0.02) is True
+        assert not (inbox.path / "a.csv.done").exists()
+        # A later upload under the same name waits for a new marker.
+        (inbox.path / "a.csv").write_bytes(b"email\nb@example.com\n")
+        intake.rescan_now()
+        intake.run_once(1.0)
+        intake.rescan_now()
+        assert intake.run_once(2.0) is False
+
+    def test_temporary_names_are_only_looked_at_by_scans(self, inbox, store):
+        for i in range(50):
+            (inbox.path / f"leads_{i}.csv.filepart").write_bytes(b"email\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        assert intake.waiting(0.0)[0] == 0  # never-ready names do not count as waiting
+        assert intake.run_once(QUIET + 0.01) is False
+
+
+class TestPrepare:
+    def prepare(self, config: Config, store: Store) -> Prepare:
+        return Prepare(store, {config.inboxes[0].path: config.inboxes[0]}.get, config.state_dir,
+                       config.split_max_bytes, health.Metrics())
+
+    def test_a_claimed_file_is_split_with_its_target(self, config, inbox, store):
+        file_id = claim(inbox, store, "leads_a.csv", b"email\na@example.com\n")
+        assert self.prepare(config, store).run_once(1.0) is True
+        row = store.file(file_id)
+        assert row.state is FileState.SPLIT
+        assert row.target == ImportTarget(kind=row.target.kind, lookup_field="email", list_id=1234)
+        [chunk] = store.chunks_of(file_id)
+        assert chunk.path.read_bytes() == b"email\na@example.com\n"
+
+    def test_a_bad_header_is_refused_before_any_chunk_is_written(self, config, inbox, store):
+        big = b" email \n" + b"a@example.com\n" * 200_000  # 2.8 MB
+        file_id = claim(inbox, store, "leads_big.csv", big)
+        assert self.prepare(config, store).run_once(1.0) is True
+        row = store.file(file_id)
+        assert (row.state, row.outcome, row.error_line) == (FileState.FINISHING, Outcome.REJECTED, 1)
+        assert "spaces around them" in (row.error or "")
+        assert not work_dir(config.state_dir, file_id).exists()
+
+    def test_trimmed_header_is_written_by_the_splitter(self, config, inbox, store):
+        file_id = claim(inbox, store, "cars_a.csv", b" vin , color\n1,red\n")
+        self.prepare(config, store).run_once(1.0)
+        [chunk] = store.chunks_of(file_id)
+        assert chunk.path.read_bytes() == b"vin,color\n1,red\n"
+        assert any("trim_header" in n for n in store.file(file_id).notes)
+
+    def test_an_empty_file_is_rejected_not_tracked_for_a_day(self, config, inbox, store):
+        file_id = claim(inbox, store, "leads_empty.csv", b"")
+        self.prepare(config, store).run_once(1.0)
+        row = store.file(file_id)
+        assert row.outcome is Outcome.REJECTED
+        assert "empty" in (row.error or "")
+
+
+class FakeClient:
+    """Answers as scripted: each call pops the next answer (an exception is raised)."""
+
+    def __init__(self, *, submit: list[object] = (), status: list[object] = ()) -> None:  # type: ignore[assignment]
+        self.submit_answers, self.status_answers = list(submit), list(status)
+        self.submits = 0
+
+    def submit(self, target, path, *, fmt, before_send=None, not_executed=None):
+        self.submits += 1
+        if before_send:
+            before_send()
+        answer = self.submit_answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def status(self, target, batch_id):
+        answer = self.status_answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def failures(self, target, batch_id):
+        return None
+
+    def warnings(self, target, batch_id):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class TestDispatch:
+    def split_file(self, config, inbox, store) -> int:
+        file_id = claim(inbox, store, "leads_a.csv", b"email\na@example.com\n")
+        TestPrepare().prepare(config, store).run_once(1.0)
+        return file_id
+
+    def dispatch(self, config, store, client, wall=lambda: 1000.0) -> Dispatch:
+        return Dispatch(store, client, config.marketo, health.Metrics(), wall=wall)  # type: ignore[arg-type]
+
+    def test_a_lost_reply_is_held_then_resubmitted_with_a_note(self, config, inbox, store):
+        file_id = self.split_file(config, inbox, store)
+        now = [1000.0]
+        client = FakeClient(submit=[errors.OutcomeUnknownError("502 page", reason="HTTP 502"),
+                                    BatchStatus(batch_id=7, status="Queued")])
+        dispatch = self.dispatch(config, store, client, wall=lambda: now[0])
+        dispatch.run_once(10.0)
+        [chunk] = store.chunks_of(file_id)
+        assert chunk.state is ChunkState.PENDING and chunk.resubmits == 1
+        assert chunk.not_before is not None and chunk.not_before > now[0]
+        assert any("HTTP 502" in n for n in store.file(file_id).notes)
+        dispatch.run_once(11.0)
+        assert client.submits == 1  # held: the first copy may still be importing
+        now[0] = chunk.not_before + 0.01
+        dispatch.run_once(12.0)
+        assert client.submits == 2
+        assert store.chunks_of(file_id)[0].state is ChunkState.SUBMITTED
+
+    def test_access_denied_pauses_and_fails_no_file(self, config, inbox, store):
+        file_id = self.split_file(config, inbox, store)
+        client = FakeClient(submit=[errors.MisconfiguredError("Access denied", code="603")])
+        dispatch = self.dispatch(config, store, client)
+        dispatch.run_once(10.0)
+        [chunk] = store.chunks_of(file_id)
+        assert chunk.state is ChunkState.PENDING and chunk.error is None
+        assert dispatch.pauses.misconfigured and "Access denied" in dispatch.pauses.misconfigured
+        assert not next(c for c in dispatch.metrics.readiness() if c.name == "marketo_access").ok
+        dispatch.run_once(20.0)
+        assert client.submits == 1  # paused
+
+    def test_a_429_page_on_a_poll_says_nothing_about_the_batch(self, config, inbox, store):
+        file_id = self.split_file(config, inbox, store)
+        client = FakeClient(
+            submit=[BatchStatus(batch_id=7, status="Queued")],
+            status=[errors.TransientError("HTTP 429", code="HTTP 429", retry_after=3),
+                    BatchStatus(batch_id=7, status="Complete", processed=1, failed=0, warned=0)],
+        )
+        dispatch = self.dispatch(config, store, client)
+        dispatch.run_once(10.0)
+        dispatch.run_once(20.0)
+        assert store.chunks_of(file_id)[0].state is ChunkState.SUBMITTED
+        dispatch.run_once(40.0)
+        [chunk] = store.chunks_of(file_id)
+        assert (chunk.state, chunk.marketo_status, chunk.processed) == (ChunkState.DONE, "Complete", 1)
+
+    def test_missing_counters_are_counted_from_the_result_files(self, config, inbox, store):
+        file_id = self.split_file(config, inbox, store)
+        client = FakeClient(submit=[BatchStatus(batch_id=7, status="Queued")],
+                            status=[BatchStatus(batch_id=7, status="Complete", processed=None, failed=None, warned=None)])
+        dispatch = self.dispatch(config, store, client)
+        dispatch.run_once(10.0)
+        dispatch.run_once(20.0)
+        dispatch.run_once(21.0)
+        [chunk] = store.chunks_of(file_id)
+        assert (chunk.state, chunk.processed, chunk.failed, chunk.warned) == (ChunkState.DONE, 1, 0, 0)
+        assert any("no row counts" in n for n in store.file(file_id).notes)
+
+
+class TestReport:
+    def test_results_never_leave_the_partners_own_outbox(self, tmp_path, config, store):
+        """``outbox/x -> bob's inbox``: a result for ``x/NAME`` is kept aside, bob's folder is untouched."""
+        inbox = config.inboxes[0]
+        bob = tmp_path / "bob_inbox"
+        bob.mkdir()
+        (inbox.outbox / "x").symlink_to(bob)
+        (inbox.path / "x").mkdir()
+        file_id = claim(inbox, store, "x/leads_evil.csv", b"email\n")
+        Prepare(store, {inbox.path: inbox}.get, config.state_dir, config.split_max_bytes, health.Metrics()).run_once(1)
+        assert store.file(file_id).outcome is Outcome.REJECTED  # header only
+        report = Report(store, {inbox.path: inbox}.get, config.state_dir, health.Metrics())
+        assert report.run_once(2.0) is True
+        assert list(bob.iterdir()) == []
+        kept = config.state_dir / "undeliverable" / str(file_id) / "x"
+        doc = json.loads((kept / "leads_evil.csv.status.json").read_text())
+        assert doc["status"] == "Rejected"
+        assert store.file(file_id).state is FileState.DONE
