@@ -230,10 +230,6 @@ class Intake:
         if not stat.S_ISREG(st.st_mode):
             log.warning("not_a_regular_file_skipped", inbox=str(inbox.path), file=rel)
             return False
-        if st.st_nlink != 1:
-            # A hard link may point at anyone's file on this filesystem: never taken.
-            log.warning("hard_linked_file_skipped", inbox=str(inbox.path), file=rel, links=st.st_nlink)
-            return False
         if readiness.FileStat(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) != expected:
             # Replaced since readiness looked: the next look starts a new quiet period.
             log.info("file_changed_before_claim", inbox=str(inbox.path), file=rel)

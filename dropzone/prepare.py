@@ -199,6 +199,10 @@ class Prepare:
                 fd = processing.open_file(name, expect=expect)
         except FileNotFoundError:
             raise InputError(f"{outbox.printable(row.relpath)}: the claimed file is gone; nothing was imported") from None
+        except PermissionError as exc:
+            raise InputError(
+                f"{outbox.printable(row.relpath)}: cannot be read ({exc.strerror}); nothing was imported"
+            ) from None
         except safefs.UnsafePathError as exc:
             raise InputError(f"{outbox.printable(row.relpath)}: refused ({exc}); nothing was imported") from None
         with os.fdopen(fd, "rb") as source:

@@ -97,7 +97,7 @@ class Report:
                     busy = True
                 except OSError as exc:
                     # An unwritable outbox or archive: keep everything, try again later.
-                    log.error("report_failed_will_retry", error=str(exc))
+                    log.error("outbox_write_failed", error=str(exc), will_retry=True)
                 except Exception:  # noqa: BLE001 - one file's report never stops the others
                     log.exception("report_failed_internal_error")
         return busy

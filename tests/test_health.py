@@ -214,10 +214,22 @@ def test_metrics_report_what_was_fed(server: HealthServer, metrics: Metrics, clo
 
 def test_every_metric_is_documented(metrics: Metrics) -> None:
     families = list(metrics.registry.collect())
-    assert len(families) == 13
+    assert len(families) == 14
     for family in families:
         assert family.name.startswith("dropzone_"), family.name
         assert family.documentation, family.name
+
+
+def test_a_refused_integration_is_not_ready_until_it_clears(metrics: Metrics) -> None:
+    """603 and friends: /readyz says why, the gauge says 1; cleared, both go back."""
+    _all_ready(metrics)
+    metrics.set_misconfigured("603 Access denied: check the API role's permissions")
+    [refused] = [c for c in metrics.readiness() if c.name == "marketo_access"]
+    assert not refused.ok and "603" in refused.detail
+    assert metrics.integration_refused._value.get() == 1
+    metrics.set_misconfigured(None)
+    assert all(c.ok for c in metrics.readiness())
+    assert metrics.integration_refused._value.get() == 0
 
 
 def test_two_daemons_do_not_share_counters(clock: FakeClock) -> None:

@@ -216,20 +216,17 @@ def test_hostile_file_gets_a_clear_status(tmp_path, simulator, daemon_factory, c
     good_file_goes_through(tmp_path, simulator, daemon)
 
 
-def test_an_empty_file_is_reported_abandoned_and_kept(tmp_path, simulator, daemon_factory):
-    """A 0-byte file cannot be told from an upload that has not written yet: after
-    stale_partial_after it is reported in the outbox (NAME.abandoned.json), and left where it is."""
-    daemon = daemon_factory(routes=ROUTES + "    stale_partial_after: 0.3\n")
+def test_an_empty_file_is_rejected_after_its_quiet_period(tmp_path, simulator, daemon_factory):
+    """A 0-byte file that stays closed and quiet is an export with no rows (common), not an upload
+    that has not started: it is answered ``Rejected`` ("empty") like any refusal, and kept."""
+    daemon = daemon_factory()
     drop(tmp_path, "leads_empty.csv", b"")
-    deadline = time.monotonic() + 10
-    report = tmp_path / "outbox" / "leads_empty.csv.abandoned.json"
-    while not report.exists() and time.monotonic() < deadline:
-        daemon.run_once()
-        time.sleep(0.05)
-    doc = json.loads(report.read_text())
-    assert (doc["status"], doc["kind"], doc["file"]) == ("Abandoned", "empty", "leads_empty.csv")
-    assert (tmp_path / "inbox" / "leads_empty.csv").read_bytes() == b""
-    assert daemon.store.files() == [] and simulator.submissions() == []
+    daemon.run_until_idle(timeout=10)
+    status = status_of(tmp_path, "leads_empty.csv")
+    assert status["status"] == "Rejected" and "empty" in status["error"]["message"]
+    [kept] = [Path(os.fsdecode(p)) for p in files_under(tmp_path / "archive")]
+    assert "failed" in kept.parts and kept.read_bytes() == b""
+    assert simulator.submissions() == []
     good_file_goes_through(tmp_path, simulator, daemon)
 
 

@@ -98,16 +98,6 @@ class TestIntake:
         assert (inbox.path / "leads_a.csv").exists()
         assert store.files() == []
 
-    def test_a_hard_link_is_never_claimed(self, tmp_path, inbox, store):
-        other = tmp_path / "someone_elses.csv"
-        other.write_bytes(b"email\nsecret@example.com\n")
-        os.link(other, inbox.path / "leads_link.csv")
-        intake = intake_of(inbox, store)
-        intake.run_once(0.0)
-        intake.rescan_now()
-        assert intake.run_once(QUIET + 0.01) is False
-        assert store.files() == []
-
     def test_the_marker_is_consumed_with_its_file(self, tmp_path, store):
         cfg = make_config(tmp_path, "http://127.0.0.1:9", routes='\n      - match: "*.csv"\n        object: leads\n        marker: true\n')
         inbox = cfg.inboxes[0]

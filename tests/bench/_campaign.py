@@ -81,6 +81,7 @@ def write_config(
     scan_interval: float = 0.5,
     read_timeout: float = 10,
     log_level: str = "info",
+    resubmit_hold: float = 2.0,
 ) -> Path:
     """The daemon's configuration: one inbox, the three routes, JSON log lines."""
     for name in ("inbox", "outbox", "archive", "staging"):
@@ -95,6 +96,8 @@ marketo:
   poll_interval: {poll_interval}
   max_retry_seconds: {max_retry_seconds}
   read_timeout: {read_timeout}
+  # The simulator's jobs take a second or two: a possibly-created copy is waited out that long.
+  resubmit_hold: {resubmit_hold}
 state_dir: state
 split_max_bytes: {split_max_bytes}
 log: {{format: json, level: {log_level}}}
