@@ -23,9 +23,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from dropzone import splitting
+    from dropzone import defaults, splitting
 
-    max_bytes = args.max_bytes if args.max_bytes is not None else splitting.DEFAULT_MAX_BYTES
+    max_bytes = args.max_bytes if args.max_bytes is not None else defaults.SPLIT_MAX_BYTES
     args.out.mkdir(parents=True, exist_ok=True)
     result = splitting.split_file(
         args.file, args.out, fmt=args.format, max_bytes=max_bytes, encoding=args.encoding
@@ -116,7 +116,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             server.start()
         except OSError as exc:
             daemon.close()
-            raise ConfigError(f"{cfg.source}: http.listen: cannot listen on {cfg.http.listen}: {exc.strerror}") from None
+            raise ConfigError(
+                f"{cfg.source}: http.listen: cannot listen on {cfg.http.listen}: {exc.strerror}"
+            ) from None
     try:
         daemon.run()
     finally:
@@ -192,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the daemon against the bundled simulator, with sample files",
-        description="Start the simulator at marketo.endpoint (http://127.0.0.1:PORT), drop sample files, run the daemon.",
+        description=(
+            "Start the simulator at marketo.endpoint (http://127.0.0.1:PORT), drop sample files, run the daemon."
+        ),
     )
     demo.add_argument("--config", type=Path, default=Path("config.example.yaml"), metavar="FILE")
     demo.add_argument("--no-samples", action="store_true", help="do not drop the sample files")
@@ -228,14 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the chunks are written")
     split.add_argument("--max-bytes", type=int, default=None, metavar="N", help="largest chunk, header included")
     split.add_argument("--format", choices=("csv", "tsv", "ssv"), default=None, help="default: from the extension")
-    split.add_argument("--encoding", default=None, metavar="NAME", help="source encoding to transcode from (e.g. cp1252)")
+    split.add_argument(
+        "--encoding", default=None, metavar="NAME", help="source encoding to transcode from (e.g. cp1252)"
+    )
     split.set_defaults(handler=_cmd_split)
 
     # Listed for --help only: main() hands "simulate" to the simulator's own parser.
     sub.add_parser(
         "simulate",
         help="run the bundled Marketo bulk-import simulator on 127.0.0.1",
-        description="Run the Marketo bulk-import simulator. Options are passed through; see 'dropzone simulate --help'.",
+        description=(
+            "Run the Marketo bulk-import simulator. Options are passed through; see 'dropzone simulate --help'."
+        ),
         add_help=False,
     )
     return parser

@@ -173,7 +173,7 @@ class Daemon:
                     failures = 0
                 except Interrupted:
                     break
-                except Exception:  # noqa: BLE001 - the loop outlives any one error; the journal is the truth
+                except Exception:
                     failures += 1
                     log.exception("loop_error", consecutive=failures)
                     if self.stop.wait(min(60.0, 2.0**failures)):

@@ -68,7 +68,7 @@ HTTP_LISTEN: Final = "127.0.0.1:9108"
 """Where ``/metrics`` and the health endpoints listen when an ``http`` section is given."""
 LOG_FORMAT: Final = LogFormat.AUTO
 LOG_LEVEL: Final = LogLevel.INFO
-SECRET_MASK: Final = "********"
+SECRET_MASK: Final = "********"  # noqa: S105 - a mask shown instead of the secret, not a secret
 
 # --- Pauses after Marketo said "not now" (seconds) -----------------------------
 

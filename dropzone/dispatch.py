@@ -209,7 +209,9 @@ class Dispatch:
             case ChunkAction.REQUEUE_UNKNOWN:
                 why = getattr(error, "reason", None) or str(error)
                 self.store.requeue(chunk.id, unknown=why, not_before=self._hold_until(chunk))
-                log.warning("submit_outcome_unknown", error=str(error), hold_s=round(self._hold_until(chunk) - self.wall()))
+                log.warning(
+                    "submit_outcome_unknown", error=str(error), hold_s=round(self._hold_until(chunk) - self.wall())
+                )
             case ChunkAction.REQUEUE:
                 self._requeue_quietly(chunk.id)
             case ChunkAction.FAIL:
@@ -236,7 +238,7 @@ class Dispatch:
     def _pause(self, pause: Pause, error: BaseException, row: FileRow | None, now: float) -> None:
         resets_in = 0.0
         if isinstance(error, QuotaExceededError):
-            resets_in = (error.resume_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
+            resets_in = (error.resume_at - dt.datetime.now(dt.UTC)).total_seconds()
         if pause is Pause.QUEUE_FULL:
             self.pauses.queue_full_streak += 1
         seconds = self.pause_for(pause, streak=self.pauses.queue_full_streak, quota_resets_in=resets_in)

@@ -151,7 +151,7 @@ class OutcomeUnknownError(MarketoError):
         self.reason = reason
 
 
-class Interrupted(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
+class Interrupted(BaseException):
     """Shutdown was asked for while waiting: unwinds the current step so the loop can exit.
 
     A ``BaseException``, so that no ``except Exception`` on the way (one bad

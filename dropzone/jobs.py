@@ -165,7 +165,7 @@ FIRST_POLL_S = 0.5
 
 def poll_delay(polls_so_far: int, poll_interval: float) -> float:
     """Wait before the next status call: 0.5, 1, 2, 4 … seconds, capped at ``poll_interval``."""
-    return min(poll_interval, FIRST_POLL_S * (2 ** min(polls_so_far, 20)))
+    return float(min(poll_interval, FIRST_POLL_S * 2.0 ** min(polls_so_far, 20)))
 
 
 #: Marketo imports an instance's batches first in, first out, two at a time:

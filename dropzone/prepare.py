@@ -119,7 +119,7 @@ class Prepare:
             # file claimed and try again; never reject good data for it.
             log.error("prepare_failed_will_retry", error=str(exc))
             return False
-        except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
+        except Exception as exc:
             # A bug, not the partner's fault; rejecting beats crash-looping on the same file.
             log.exception("file_failed_internal_error")
             self._reject(
@@ -195,10 +195,15 @@ class Prepare:
         area, name = row.processing_path.parent, row.processing_path.name
         expect = (row.dev, row.ino) if row.dev is not None and row.ino is not None else None
         try:
-            with safefs.Root.open(area.parent) as inbox_root, inbox_root.open_dir(area.name, private=True) as processing:
+            with (
+                safefs.Root.open(area.parent) as inbox_root,
+                inbox_root.open_dir(area.name, private=True) as processing,
+            ):
                 fd = processing.open_file(name, expect=expect)
         except FileNotFoundError:
-            raise InputError(f"{outbox.printable(row.relpath)}: the claimed file is gone; nothing was imported") from None
+            raise InputError(
+                f"{outbox.printable(row.relpath)}: the claimed file is gone; nothing was imported"
+            ) from None
         except PermissionError as exc:
             raise InputError(
                 f"{outbox.printable(row.relpath)}: cannot be read ({exc.strerror}); nothing was imported"

@@ -98,7 +98,7 @@ class Report:
                 except OSError as exc:
                     # An unwritable outbox or archive: keep everything, try again later.
                     log.error("outbox_write_failed", error=str(exc), will_retry=True)
-                except Exception:  # noqa: BLE001 - one file's report never stops the others
+                except Exception:
                     log.exception("report_failed_internal_error")
         return busy
 

@@ -48,7 +48,6 @@ from dropzone import defaults as D
 from dropzone.errors import ConfigError, SplitError
 from dropzone.kinds import FileFormat
 
-
 #: Sees the header's field names before any chunk is written; returns the
 #: names to write (e.g. trimmed) or raises ``InputError`` to refuse the file.
 HeaderCheck = Callable[[list[str]], list[str]]
@@ -182,7 +181,7 @@ class _Quotes:
     buffer never closes, or -1.
     """
 
-    __slots__ = ("lfs", "los", "his", "before", "open_line")
+    __slots__ = ("before", "his", "lfs", "los", "open_line")
 
     def __init__(self, data: bytes) -> None:
         reduced = data.translate(None, _NOT_QUOTE_OR_LF)

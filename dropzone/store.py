@@ -19,7 +19,6 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dropzone.errors import StoreError
 from dropzone.jobs import ChunkState, FileState, Outcome, check_chunk_transition, check_file_transition
@@ -100,7 +99,7 @@ _UPGRADES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE files ADD COLUMN ino INTEGER",
         "ALTER TABLE chunks RENAME TO chunks_v1",
         _DDL[2],
-        f"INSERT INTO chunks ({_CHUNK_COLUMNS_V1}) SELECT {_CHUNK_COLUMNS_V1} FROM chunks_v1",
+        f"INSERT INTO chunks ({_CHUNK_COLUMNS_V1}) SELECT {_CHUNK_COLUMNS_V1} FROM chunks_v1",  # noqa: S608 - our own column list, no values
         "DROP TABLE chunks_v1",
         _DDL[3],
     ),
@@ -185,7 +184,7 @@ class Counts:
 
 def utc_now() -> str:
     """A journal and status-file timestamp: UTC, seconds, ``Z``."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _text(value: str | None) -> str | None:
@@ -252,7 +251,7 @@ class Store:
             # FULL: a transition that returned is on disk, even after power loss.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            self._migrate(write=lock)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"the journal {state_dir / DB_NAME} is unusable: {exc}") from None
@@ -274,12 +273,20 @@ class Store:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
-    def _migrate(self) -> None:
+    def _migrate(self, *, write: bool) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"the journal in {self.state_dir} was written by a newer dropzone (schema {version}); upgrade dropzone"
             )
+        if not write and 0 < version < SCHEMA_VERSION:
+            # A reader (``dropzone status``) beside an older running daemon never upgrades its journal.
+            raise StoreError(
+                f"the journal in {self.state_dir} has schema {version}; the dropzone that owns it is older "
+                f"than this command (schema {SCHEMA_VERSION}): restart it with this version first"
+            )
+        if version == SCHEMA_VERSION:
+            return
         with self.transaction():
             if version == 0:
                 for statement in _DDL:
@@ -401,7 +408,7 @@ class Store:
             args.extend(wanted)
         sql += " ORDER BY id"
         if limit is not None:
-            sql = f"SELECT * FROM ({sql.replace(' ORDER BY id', ' ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY id"
+            sql = f"SELECT * FROM ({sql.replace(' ORDER BY id', ' ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY id"  # noqa: S608 - our query, values bound, limit an int
         return [_file_row(r) for r in self._db.execute(sql, args)]
 
     def has_files(self, states: Iterable[FileState]) -> bool:
@@ -414,7 +421,8 @@ class Store:
     def mark_submitting(self, chunk_id: int) -> None:
         """Saved right before the upload's bytes go out: a crash from here on is the ambiguous window."""
         with self.transaction() as db:
-            self._move(db, "chunks", chunk_id, ChunkState.SUBMITTING)
+            # again: the client may retry an upload it knows was not executed without a requeue between.
+            self._move(db, "chunks", chunk_id, ChunkState.SUBMITTING, again=True)
             db.execute("UPDATE chunks SET submits=submits+1 WHERE id=?", (chunk_id,))
 
     def requeue(self, chunk_id: int, *, unknown: str | None = None, not_before: float | None = None) -> None:
@@ -481,7 +489,9 @@ class Store:
         return _chunk_row(row)
 
     def chunks_of(self, file_id: int) -> list[ChunkRow]:
-        return [_chunk_row(r) for r in self._db.execute("SELECT * FROM chunks WHERE file_id=? ORDER BY idx", (file_id,))]
+        return [
+            _chunk_row(r) for r in self._db.execute("SELECT * FROM chunks WHERE file_id=? ORDER BY idx", (file_id,))
+        ]
 
     def chunks(self, states: Iterable[ChunkState]) -> list[ChunkRow]:
         wanted = list(states)
@@ -497,11 +507,14 @@ class Store:
         return out
 
     @staticmethod
-    def _move(db: sqlite3.Connection, table: str, row_id: int, new: FileState | ChunkState) -> None:
+    def _move(
+        db: sqlite3.Connection, table: str, row_id: int, new: FileState | ChunkState, *, again: bool = False
+    ) -> None:
+        """Check and make one transition; ``again``: staying in ``new`` is allowed too (a verb that repeats)."""
         found = db.execute(f"SELECT state FROM {table} WHERE id=?", (row_id,)).fetchone()  # noqa: S608 - ours
         if found is None:
             raise KeyError(row_id)
-        if found[0] != new:
+        if not (again and found[0] == new):
             if table == "files":
                 check_file_transition(FileState(found[0]), FileState(new))
             else:
@@ -510,7 +523,10 @@ class Store:
 
     @staticmethod
     def _note(db: sqlite3.Connection, file_id: int, note: str) -> None:
-        notes = json.loads(db.execute("SELECT notes FROM files WHERE id=?", (file_id,)).fetchone()[0])
+        found = db.execute("SELECT notes FROM files WHERE id=?", (file_id,)).fetchone()
+        if found is None:
+            raise KeyError(file_id)
+        notes = json.loads(found[0])
         note = _text(note) or ""
         if note not in notes:
             notes.append(note)

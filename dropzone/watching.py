@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 log = structlog.get_logger("dropzone.watching")
 
@@ -181,7 +182,7 @@ class Watcher:
         self.inbox = inbox
         self.hints = hints
         self.polling = polling
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: BaseObserver | None = None
         self.restarts = 0
 
     def start(self) -> None:

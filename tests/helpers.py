@@ -63,7 +63,9 @@ def daemons(
     def make(**kwargs: str) -> Daemon:
         config = make_config(tmp_path, base_url, **kwargs)
         if poll_interval is not None:
-            config = dataclasses.replace(config, marketo=dataclasses.replace(config.marketo, poll_interval=poll_interval))
+            config = dataclasses.replace(
+                config, marketo=dataclasses.replace(config.marketo, poll_interval=poll_interval)
+            )
         daemon = Daemon(config) if max_idle is None else Daemon(config, max_idle=max_idle)
         daemon.start()
         made.append(daemon)

@@ -30,7 +30,10 @@ BIG_RECORD_BYTES = 10 * 1024 * 1024 + 4096
 GOOD = b"email,firstName\nann@example.com,Ann\nbob@example.com,Bob\n"
 GOOD_EMAILS = ["ann@example.com", "bob@example.com"]
 
-LATIN1_TEXT = "email,firstName,lastName\nann@example.com,Ann,Lee\njose@example.com,José,Müller\nzoe@example.com,Zoë,Ångström\n"
+LATIN1_TEXT = (
+    "email,firstName,lastName\nann@example.com,Ann,Lee\n"
+    "jose@example.com,José,Müller\nzoe@example.com,Zoë,Ångström\n"
+)
 CP1252_TEXT = (
     "email,firstName,lastName\nann@example.com,Ann,Lee\n"
     "pay@example.com,Euro €5,“Quoted” – dash\nzoe@example.com,Zoë’s,Œuvre\n"
@@ -102,17 +105,22 @@ UTF16_ROUTES = """
         encoding: utf-16"""
 
 CONTENT_CASES: list[Case] = [
-    Case("header-only", b"leads_header.csv", "rejected", _bytes(b"email,firstName\n"), words=("header", "no data"), line=1),
-    Case("header-only-no-newline", b"leads_header2.csv", "rejected", _bytes(b"email,firstName"), words=("no data",), line=1),
+    Case("header-only", b"leads_header.csv", "rejected", _bytes(b"email,firstName\n"),
+         words=("header", "no data"), line=1),
+    Case("header-only-no-newline", b"leads_header2.csv", "rejected", _bytes(b"email,firstName"),
+         words=("no data",), line=1),
     Case("blank-lines-only", b"leads_blank.csv", "rejected", _bytes(b"\n\n\n"), words=("header",), line=1),
     Case("binary-png", b"leads_image.csv", "rejected",
-         _bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10" + bytes(range(256)) * 4), words=("UTF-8",), line=1),
+         _bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10" + bytes(range(256)) * 4),
+         words=("UTF-8",), line=1),
     Case("binary-gzip", b"leads_archive.csv", "rejected",
          _bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + bytes(range(255, -1, -1)) * 8), words=("UTF-8",), line=1),
     Case("nul-bytes", b"leads_nul.csv", "rejected", _bytes(b"e\x00m\x00a\x00i\x00l\x00\n\x00a\x00\n\x00"),
          words=("NUL",), line=1),
-    Case("latin1", b"leads_latin1.csv", "rejected", _bytes(LATIN1_TEXT.encode("latin-1")), words=("UTF-8", "E9"), line=3),
-    Case("cp1252", b"leads_cp1252.csv", "rejected", _bytes(CP1252_TEXT.encode("cp1252")), words=("UTF-8", "80"), line=3),
+    Case("latin1", b"leads_latin1.csv", "rejected", _bytes(LATIN1_TEXT.encode("latin-1")),
+         words=("UTF-8", "E9"), line=3),
+    Case("cp1252", b"leads_cp1252.csv", "rejected", _bytes(CP1252_TEXT.encode("cp1252")),
+         words=("UTF-8", "80"), line=3),
     Case("latin1-routed-cp1252", b"cp_latin1.csv", "complete", _bytes(LATIN1_TEXT.encode("latin-1")),
          routes=CP1252_ROUTES,
          rows=({"email": "ann@example.com", "firstName": "Ann", "lastName": "Lee"},

@@ -5,19 +5,19 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
-from dropzone import config as config_module
 from dropzone.daemon import Daemon
 from dropzone.jobs import ChunkState, FileState
 from dropzone.simulator import Simulator
 from tests.conftest import wait_until
-from tests.helpers import ROUTES, archived, daemons, drop, make_config, status_of
+from tests.helpers import archived, daemons, drop, make_config, status_of
+
 
 @pytest.fixture
 def daemon_factory(tmp_path, simulator):
@@ -26,7 +26,8 @@ def daemon_factory(tmp_path, simulator):
 
 class TestImports:
     def test_leads_file_is_imported_and_reported(self, tmp_path, simulator, daemon_factory):
-        """A leads file goes in whole, with its route's parameters; the status says Complete; the original is archived."""
+        """A leads file goes in whole, with its route's parameters; the status says Complete;
+        the original is archived."""
         daemon = daemon_factory()
         text = 'email,firstName\nann@example.com,Ann\nbob@example.com,"Bob\nJr."\n'
         drop(tmp_path, "leads_1.csv", text)
@@ -43,7 +44,8 @@ class TestImports:
         assert not (tmp_path / "outbox" / "leads_1.csv.failures.csv").exists()
 
     def test_failures_file_maps_rows_to_source_lines(self, tmp_path, simulator, daemon_factory):
-        """Rows Marketo failed come back with its reason and their line in the partner's file (quoted newlines counted)."""
+        """Rows Marketo failed come back with its reason and their line in the partner's file
+        (quoted newlines counted)."""
         daemon = daemon_factory()
         text = 'email,firstName\nann@example.com,"Ann\nMarie"\n,NoEmail\nbob@example.com,Bob\n'
         drop(tmp_path, "leads_2.csv", text)
@@ -89,7 +91,7 @@ class TestImports:
         assert emails == [f"u{i}@example.com" for i in range(400)]
         lines = [b["sourceLines"] for b in status["batches"]]
         assert lines[0][0] == 2 and lines[-1][1] == 801
-        assert all(a[1] + 1 == b[0] for a, b in zip(lines, lines[1:]))
+        assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(lines))
 
     def test_files_in_subfolders_keep_their_relative_path(self, tmp_path, simulator, daemon_factory):
         daemon = daemon_factory()
@@ -100,7 +102,8 @@ class TestImports:
 
 class TestRejections:
     def test_no_route_is_rejected_and_kept(self, tmp_path, simulator, daemon_factory):
-        """A file no route takes gets a Rejected status naming the globs tried; nothing is sent; the original is kept."""
+        """A file no route takes gets a Rejected status naming the globs tried; nothing is sent;
+        the original is kept."""
         daemon = daemon_factory()
         drop(tmp_path, "report.xlsx", b"PK\x03\x04binary")
         daemon.run_until_idle()
@@ -164,7 +167,10 @@ class TestOutbox:
         drop(tmp_path, "leads_r.csv", "email\nbob@example.com\ncid@example.com\n")
         daemon.run_until_idle()
         assert (tmp_path / "outbox" / "leads_r.csv.status.json").read_bytes() == first
-        stamped = [p for p in (tmp_path / "outbox").iterdir() if p.name.endswith(".status.json") and p.name != "leads_r.csv.status.json"]
+        stamped = [
+            p for p in (tmp_path / "outbox").iterdir()
+            if p.name.endswith(".status.json") and p.name != "leads_r.csv.status.json"
+        ]
         assert len(stamped) == 1
         assert json.loads(stamped[0].read_text())["rowsTotal"] == 2
         assert len(archived(tmp_path)) == 2
@@ -303,7 +309,8 @@ class TestRecovery:
 
 class TestHostileInbox:
     def test_a_file_held_open_for_writing_waits(self, tmp_path, simulator, daemon_factory):
-        """A writer that stalls mid-upload with the file open: not taken, however long it is quiet; taken once closed."""
+        """A writer that stalls mid-upload with the file open: not taken, however long it is quiet;
+        taken once closed."""
         daemon = daemon_factory()
         path = tmp_path / "inbox" / "leads_open.csv"
         handle = open(path, "w")  # noqa: SIM115 - held open on purpose

@@ -11,7 +11,6 @@ afterwards comes back ``Complete``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from structlog.testing import capture_logs
 from dropzone import watching
 from dropzone.daemon import Daemon
 from dropzone.jobs import FileState
+from tests.helpers import ROUTES, daemons, drop, status_of
 from tests.hostile_corpus import (
     CONTENT_CASES,
     GOOD,
@@ -36,7 +36,6 @@ from tests.hostile_corpus import (
     Case,
     snapshot,
 )
-from tests.helpers import ROUTES, daemons, drop, make_config, status_of
 
 AS_ROOT = os.geteuid() == 0
 GOOD_NAME = "leads_good_after.csv"
@@ -398,8 +397,11 @@ def test_file_replaced_between_looks_waits_for_its_own_quiet_period(tmp_path, si
     assert Path(os.fsdecode(kept)).read_bytes() == new
 
 
-def test_file_replaced_between_verdict_and_claim_is_never_taken_half(tmp_path, simulator, daemon_factory, swap_before_claim):
-    """A new upload lands (a rename over the old name) in the instant before the claim: it waits its own quiet period."""
+def test_file_replaced_between_verdict_and_claim_is_never_taken_half(
+    tmp_path, simulator, daemon_factory, swap_before_claim
+):
+    """A new upload lands (a rename over the old name) in the instant before the claim:
+    it waits its own quiet period."""
     daemon = daemon_factory()
     path = drop(tmp_path, "leads_swap2.csv", b"email\nold@example.com\n")
     half = b"email\nnew1@example.com\nnew2@exa"

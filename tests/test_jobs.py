@@ -109,7 +109,10 @@ class TestOutcome:
         assert jobs.file_outcome([result(10, 9, failed=1)]) is Outcome.PARTIAL
 
     def test_partial_when_one_chunk_failed_and_another_went_in(self):
-        assert jobs.file_outcome([result(10, 10), result(10, 0, status=None, state=ChunkState.ERROR)]) is Outcome.PARTIAL
+        assert (
+            jobs.file_outcome([result(10, 10), result(10, 0, status=None, state=ChunkState.ERROR)])
+            is Outcome.PARTIAL
+        )
 
     def test_failed_when_nothing_went_in(self):
         assert jobs.file_outcome([result(10, 0, status="Failed")]) is Outcome.FAILED
@@ -123,7 +126,7 @@ import datetime as _dt  # noqa: E402
 from dropzone import errors  # noqa: E402
 from dropzone.jobs import ChunkAction, FetchAction, Pause, PollAction, SubmitDecision  # noqa: E402
 
-_SOON = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
+_SOON = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
 
 
 @pytest.mark.parametrize(

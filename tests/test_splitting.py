@@ -6,6 +6,7 @@ import codecs
 import contextlib
 import csv
 import io
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -80,7 +81,7 @@ def check_manifest(source: bytes, result: SplitResult, chunks: list[bytes], max_
         last = records.count(b"\n") - (1 if records.endswith(b"\n") else 0)
         assert chunk.last_line == chunk.first_line + last
         assert chunk.rows >= 1
-    for before, after in zip(result.chunks, result.chunks[1:]):
+    for before, after in itertools.pairwise(result.chunks):
         assert after.source_start == before.source_end
         assert after.first_line == before.last_line + 1
 
@@ -251,7 +252,7 @@ def test_header_fields_use_the_delimiter() -> None:
 
 
 def test_quoted_header_with_a_newline() -> None:
-    result, chunks = run(b'"a\nb",c\n1,2\n', block_size=2)
+    result, _chunks = run(b'"a\nb",c\n1,2\n', block_size=2)
     assert result.header == b'"a\nb",c\n'
     assert result.header_fields == ["a\nb", "c"]
     assert result.chunks[0].first_line == 3  # the header spans lines 1-2
@@ -273,7 +274,7 @@ def test_header_only(source: bytes) -> None:
 
 def test_record_over_the_limit_names_its_line() -> None:
     source = b"h\n" + b"ok\n" * 3 + b"x" * 50 + b"\n" + b"ok\n"
-    with pytest.raises(SplitError, match="line 5: .*larger than the 18 bytes") as info:
+    with pytest.raises(SplitError, match=r"line 5: .*larger than the 18 bytes") as info:
         run(source, max_bytes=20)
     assert info.value.line == 5
 
@@ -305,7 +306,7 @@ def test_unterminated_quote_reports_where_it_opened() -> None:
 
 def test_unterminated_quote_in_a_big_file_is_hinted_at() -> None:
     source = b"a\n" + b"1\n" * 5 + b'"' + b"2\n" * 100
-    with pytest.raises(SplitError, match='line 7: .*opened on line 7 is still open') as info:
+    with pytest.raises(SplitError, match=r'line 7: .*opened on line 7 is still open') as info:
         run(source, max_bytes=50, block_size=8)
     assert info.value.line == 7
 
@@ -324,7 +325,7 @@ def test_invalid_utf8_reports_the_first_bad_line() -> None:
 def test_utf8_sequence_split_across_blocks_is_fine() -> None:
     source = "a,b\n1,€𝄞é\n".encode()
     for block_size in range(1, 8):
-        result, chunks = run(source, block_size=block_size)
+        _result, chunks = run(source, block_size=block_size)
         assert chunks == [source]
 
 
@@ -370,14 +371,14 @@ def test_utf8_as_encoding_takes_the_native_path() -> None:
 
 def test_utf16_without_encoding_is_refused() -> None:
     source = "a,b\n1,2\n".encode("utf-16")
-    with pytest.raises(SplitError, match="UTF-16.*save it as UTF-8"):
+    with pytest.raises(SplitError, match=r"UTF-16.*save it as UTF-8"):
         run(source)
     with pytest.raises(SplitError, match="NUL"):
         run("a,b\n1,2\n".encode("utf-16-le"))
 
 
 def test_utf16_with_a_single_byte_encoding_is_refused() -> None:
-    with pytest.raises(SplitError, match="UTF-16.*cp1252"):
+    with pytest.raises(SplitError, match=r"UTF-16.*cp1252"):
         run("a,b\n1,2\n".encode("utf-16"), encoding="cp1252")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import queue
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,7 +98,11 @@ class TestIntake:
         assert store.files() == []
 
     def test_the_marker_is_consumed_with_its_file(self, tmp_path, store):
-        cfg = make_config(tmp_path, "http://127.0.0.1:9", routes='\n      - match: "*.csv"\n        object: leads\n        marker: true\n')
+        cfg = make_config(
+            tmp_path,
+            "http://127.0.0.1:9",
+            routes='\n      - match: "*.csv"\n        object: leads\n        marker: true\n',
+        )
         inbox = cfg.inboxes[0]
         (inbox.path / "a.csv").write_bytes(b"email\na@example.com\n")
         intake = intake_of(inbox, store)
@@ -252,8 +255,10 @@ class TestDispatch:
 
     def test_missing_counters_are_counted_from_the_result_files(self, config, inbox, store):
         file_id = self.split_file(config, inbox, store)
-        client = FakeClient(submit=[BatchStatus(batch_id=7, status="Queued")],
-                            status=[BatchStatus(batch_id=7, status="Complete", processed=None, failed=None, warned=None)])
+        client = FakeClient(
+            submit=[BatchStatus(batch_id=7, status="Queued")],
+            status=[BatchStatus(batch_id=7, status="Complete", processed=None, failed=None, warned=None)],
+        )
         dispatch = self.dispatch(config, store, client)
         dispatch.run_once(10.0)
         dispatch.run_once(20.0)

@@ -262,7 +262,8 @@ def check(work: Path, sim: Simulator, files: list[DroppedFile], failures: list[s
             failures.append(f"{f.name}: status {doc.get('status')!r}, error {doc.get('error')!r}")
         elif not doc.get("rowsTotal") == doc.get("rowsProcessed") == f.rows:
             failures.append(
-                f"{f.name}: rowsTotal {doc.get('rowsTotal')}, rowsProcessed {doc.get('rowsProcessed')}, expected {f.rows}"
+                f"{f.name}: rowsTotal {doc.get('rowsTotal')}, rowsProcessed {doc.get('rowsProcessed')},"
+                f" expected {f.rows}"
             )
         for batch in doc.get("batches", []):
             again = int(batch.get("resubmitted", 0) or 0)
