@@ -117,6 +117,8 @@ MAX_RESULT_FILE_BYTES: Final = 64 << 20
 RETRY_AFTER_MAX_S: Final = 3_600.0
 """A Retry-After beyond this is taken as this: a broken proxy must not park the daemon for days."""
 TOKEN_REFRESH_MARGIN_S: Final = 60.0
+TOKEN_SKEW_S: Final = 1.0
+"""A token with less than this left is not used for a short call (status, files)."""
 """A token with less life left is not used for a new call: an upload may take that long, and
 Identity hands back the same token until it expires, so a dying one is waited out."""
 MAX_TOKEN_WAITS: Final = 5

@@ -81,7 +81,9 @@ def configure(*, json: bool | None = None, level: str = "info", stream: Any = No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     # Redaction must run last before rendering, after exception info turned into text.
-    tail: list[Any] = [structlog.processors.dict_tracebacks] if json else []
+    # Frames' locals hold tokens and secrets: tracebacks carry code lines only.
+    no_locals = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    tail: list[Any] = [structlog.processors.ExceptionRenderer(no_locals)] if json else []
     tail.append(redactor)
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
 

@@ -37,7 +37,7 @@ import structlog
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 
 from dropzone import defaults as D
-from dropzone import throttle, transport
+from dropzone import logs, throttle, transport
 from dropzone.config import MarketoSettings
 from dropzone.errors import AuthError, MarketoError, OutcomeUnknownError, ThrottledError, TransientError
 from dropzone.kinds import FileFormat, ObjectKind
@@ -289,7 +289,7 @@ class MarketoClient:
         where = Where(Endpoint.IMPORT, "POST", target.submit_path())
         return self._call(
             where,
-            lambda data: parse_batch(data, where),
+            lambda data: parse_batch(data, where, scrub=self._scrub),
             params=target.query(fmt),
             body=body,
             before_send=before_send,
@@ -299,7 +299,7 @@ class MarketoClient:
     def status(self, target: ImportTarget, batch_id: int) -> BatchStatus:
         """The batch's status; BatchNotFoundError only when Marketo itself says it has no such batch."""
         where = Where(Endpoint.STATUS, "GET", target.batch_path(batch_id, "status"))
-        return self._call(where, lambda data: parse_batch(data, where, batch_id=int(batch_id)))
+        return self._call(where, lambda data: parse_batch(data, where, scrub=self._scrub, batch_id=int(batch_id)))
 
     def failures(self, target: ImportTarget, batch_id: int) -> bytes | None:
         """The failure file's bytes, or None when Marketo has no failure rows (404 or empty 200)."""
@@ -317,16 +317,25 @@ class MarketoClient:
 
     # ---- token ------------------------------------------------------------
 
-    def _get_token(self) -> str:
+    def _get_token(self, margin: float = D.TOKEN_SKEW_S) -> str:
+        """A token with at least ``margin`` seconds to live (uploads ask for a minute).
+
+        Identity hands back the same token until it dies, so a token too close
+        to its end is waited out; a *new* token with more than a second to live
+        is taken whatever its lifetime (waiting could not get a longer one).
+        """
         with self._token_lock:
-            if self._token and self._clock() < self._token_expires_at - D.TOKEN_REFRESH_MARGIN_S:
+            if self._token and self._clock() < self._token_expires_at - margin:
                 return self._token
             waits = 0
             while True:
                 token, expires_in = self._fetch_token()
-                if expires_in > D.TOKEN_REFRESH_MARGIN_S or waits >= D.MAX_TOKEN_WAITS:
+                fresh = token not in (self._token, self._old_token) and expires_in > D.TOKEN_SKEW_S
+                if expires_in > margin or fresh or waits >= D.MAX_TOKEN_WAITS:
                     if token != self._token:
                         self._old_token = self._token
+                    # Whatever shape Marketo's tokens take, this one is never printed.
+                    logs.redactor.add(token)
                     self._token = token
                     self._token_expires_at = self._clock() + expires_in
                     self.token_refreshes += 1
@@ -395,8 +404,10 @@ class MarketoClient:
         deadline = self._clock() + self.settings.max_retry_seconds
         attempt = 0
         auth_retries = 0
+        # An upload may take up to the read timeout: its token must outlive it.
+        margin = D.TOKEN_REFRESH_MARGIN_S if body is not None else D.TOKEN_SKEW_S
         while True:
-            token = self._get_token()
+            token = self._get_token(margin)
             try:
                 return self._exchange(
                     where, token, parse, params=params, body=body, file=file, before_send=before_send

@@ -147,10 +147,11 @@ _MESSAGE_MAX = 200
 
 def _quote(text: object, scrub: Callable[[str], str]) -> str:
     """Marketo's text, made safe to put in a message: one short line, no secret."""
-    line = " ".join(str(text).split())
+    # Scrubbed before it is cut: a secret cut in half would not be recognised.
+    line = scrub(" ".join(str(text).split()))
     if len(line) > _MESSAGE_MAX:
         line = line[: _MESSAGE_MAX - 1] + "…"
-    return scrub(line)
+    return line
 
 
 def _bad_reply(where: Where, reason: str, detail: str = "", *, retry_after: float | None = None) -> NoReturn:
@@ -343,8 +344,13 @@ def _count(value: object) -> int | None:
     return None
 
 
-def parse_batch(data: Mapping[str, Any], where: Where, *, batch_id: int | None = None) -> BatchStatus:
-    """The batch in a submit or status envelope; ``batch_id`` is the one a status call asked about."""
+def parse_batch(
+    data: Mapping[str, Any], where: Where, *, scrub: Callable[[str], str], batch_id: int | None = None
+) -> BatchStatus:
+    """The batch in a submit or status envelope; ``batch_id`` is the one a status call asked about.
+
+    Its ``message`` reaches the partner's status file: it is made one short line with no secret.
+    """
     result = data.get("result")
     if not isinstance(result, list) or not result or not isinstance(result[0], dict):
         _bad_reply(where, "no batchId in reply", "no result")
@@ -374,7 +380,7 @@ def parse_batch(data: Mapping[str, Any], where: Where, *, batch_id: int | None =
         processed=counters[0],
         failed=counters[1],
         warned=counters[2],
-        message=message if isinstance(message, str) else "",
+        message=_quote(message, scrub) if isinstance(message, str) else "",
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import email.utils
+import io
 import json
 import socket
 import threading
@@ -24,7 +25,7 @@ import pytest
 import requests
 import structlog
 
-from dropzone import errors, transport
+from dropzone import errors, logs, transport
 from dropzone.config import MarketoSettings
 from dropzone.kinds import FileFormat, ObjectKind
 from dropzone.marketo import BatchStatus, CallRecord, ImportTarget, MarketoClient, ReplyLimits, make_session
@@ -418,19 +419,22 @@ class TestTokens:
             client.status(LEADS, submitted.batch_id)
         assert len([c for c in simulator.calls() if c["path"].startswith("/identity")]) == 1
 
-    def test_the_token_is_renewed_a_minute_before_it_expires(self, simulator, client, tmp_path, fake_time):
-        """With 61 s left the token is used; with 59 s left (an upload may take that long) Identity is asked again."""
-        submitted = client.submit(LEADS, write(tmp_path, "leads.csv", LEADS_CSV), fmt=CSV)
+    def test_the_token_is_renewed_a_minute_before_an_upload(self, simulator, client, tmp_path, fake_time):
+        """With 59 s left a status call still uses the token; an upload (which may take that long) asks again."""
+        path = write(tmp_path, "leads.csv", LEADS_CSV)
+        submitted = client.submit(LEADS, path, fmt=CSV)
 
         def identity_calls() -> int:
             return len([c for c in simulator.calls() if c["path"].startswith("/identity")])
 
         expires_at = client._token_expires_at
         fake_time.now = expires_at - 61
-        client.status(LEADS, submitted.batch_id)
+        client.submit(LEADS, path, fmt=CSV)
         assert identity_calls() == 1
         fake_time.now = expires_at - 59
         client.status(LEADS, submitted.batch_id)
+        assert identity_calls() == 1
+        client.submit(LEADS, path, fmt=CSV)
         assert identity_calls() == 2
 
     def test_expired_token_602_then_refresh(self, simulator, client, tmp_path, calls):
@@ -1069,6 +1073,34 @@ class TestSecretsOnNewPaths:
         assert CLIENT_SECRET not in blob
         assert TOKEN not in blob
         assert "[redacted]" in str(caught[0])
+
+    def test_a_batch_message_echoing_the_token_never_carries_it(self, fake, fake_client):
+        """Marketo's ``message`` goes to the partner's status file: an echoed token or secret is scrubbed."""
+
+        def echo_auth(h: _Handler) -> None:
+            said = f"Import completed; authorised by {h.headers.get('Authorization')} / {CLIENT_SECRET}"
+            reply(body={"success": True, "result": [{"batchId": 7, "status": "Complete", "message": said}]})(h)
+
+        fake.answer("status", echo_auth)
+        status = fake_client().status(LEADS, 7)
+        assert status.status == "Complete" and "authorised by" in status.message
+        assert TOKEN not in status.message and CLIENT_SECRET not in status.message
+
+    def test_json_tracebacks_carry_no_frame_locals(self):
+        """A token in a local variable of a failing frame never reaches a JSON log line."""
+        stream = io.StringIO()
+        logs.configure(json=True, level="info", stream=stream)
+
+        def fails(token: str) -> None:
+            raise ValueError("boom")
+
+        try:
+            fails(TOKEN)
+        except ValueError:
+            structlog.get_logger("t").exception("it_failed")
+        line = stream.getvalue()
+        assert "it_failed" in line and "boom" in line
+        assert TOKEN not in line and '"locals"' not in line
 
 
 class TestImportTarget:
