@@ -99,7 +99,10 @@ CLAIMS_PER_PASS: Final = 50
 PREPARES_PER_PASS: Final = 4
 """Files split in one pass; a split may take seconds."""
 TRACKED_PER_INBOX: Final = 10_000
-"""Candidates one inbox tracks between scans; beyond it, names wait for the next scan."""
+"""Candidates one inbox tracks between scans; beyond it, names wait for the next scan.
+Temporary names (which cannot become ready) have a cap of their own, so they never crowd out a real file."""
+ABANDONED_NOTICES_PER_PASS: Final = 20
+"""Abandoned-upload notices one inbox writes per pass; the rest follow in later passes."""
 
 # --- Replies ---------------------------------------------------------------------
 

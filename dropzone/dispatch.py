@@ -20,6 +20,7 @@ pass goes on.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +30,9 @@ import structlog
 
 from dropzone import health, jobs, outbox
 from dropzone.config import MarketoSettings
-from dropzone.errors import Interrupted, MarketoError, QuotaExceededError
+from dropzone.errors import Interrupted, MarketoError, QuotaExceededError, StoreError
 from dropzone.jobs import ChunkAction, ChunkState, FetchAction, FileState, Pause, PollAction
-from dropzone.marketo import MarketoClient
+from dropzone.marketo import BatchStatus, MarketoClient
 from dropzone.store import ChunkRow, Counts, FileRow, Store
 
 log = structlog.get_logger("dropzone.dispatch")
@@ -80,13 +81,27 @@ class Dispatch:
     pause_for: Callable[..., float] = jobs.pause_seconds
     pauses: Pauses = field(default_factory=Pauses)
     _polls: dict[int, _Poll] = field(default_factory=dict)
+    #: Journal writes a brief journal error kept from being made, in order: made before anything else.
+    _unsaved: list[Callable[[], None]] = field(default_factory=list)
     _last_inbox: str | None = None
 
     def run_once(self, now: float) -> bool:
+        if not self._save_unsaved():
+            return False  # the journal is still unavailable: nothing else until it takes our writes
         busy = self._submit(now)
         busy |= self._poll(now)
         busy |= self._fetch(now)
         return busy
+
+    def _save_unsaved(self) -> bool:
+        while self._unsaved:
+            try:
+                self._unsaved[0]()
+            except (sqlite3.Error, StoreError) as exc:
+                log.error("journal_write_failed_will_retry", error=str(exc))
+                return False
+            self._unsaved.pop(0)
+        return True
 
     # ---- recovery -------------------------------------------------------------
 
@@ -191,12 +206,26 @@ class Dispatch:
                 not_executed=lambda: self.store.requeue(chunk.id),
             )
         except Interrupted:
-            # We were waiting between attempts: nothing is in flight.
-            self._requeue_quietly(chunk.id)
+            # Shutdown: the journal already says where the chunk is. ``submitting`` (bytes may be
+            # out) is resubmitted after a hold at the next start; ``pending`` was never sent.
             raise
         except Exception as exc:  # noqa: BLE001 - jobs.after_submit decides; nothing escapes one chunk
             error = exc
         decision = jobs.after_submit(error)
+        try:
+            self._apply_submit(decision, chunk, batch, error, now)
+        except (sqlite3.Error, StoreError) as exc:
+            # The journal is briefly unavailable: keep what must be written and write it first next pass.
+            log.error("journal_write_failed_will_retry", error=str(exc))
+            self._unsaved.append(lambda: self._apply_submit(decision, chunk, batch, error, now))
+        if decision.pause is not Pause.NONE and error is not None:
+            self._pause(decision.pause, error, row, now)
+        return decision
+
+    def _apply_submit(
+        self, decision: jobs.SubmitDecision, chunk: ChunkRow, batch: BatchStatus | None, error: BaseException | None,
+        now: float,
+    ) -> None:
         match decision.action:
             case ChunkAction.RECORD_BATCH if batch is not None:
                 self.pauses.queue_full_streak = 0
@@ -223,9 +252,6 @@ class Dispatch:
                     log.error("submit_failed_internal_error", error=repr(error))
                 else:
                     log.warning("submit_rejected", code=error.code, error=str(error))
-        if decision.pause is not Pause.NONE and error is not None:
-            self._pause(decision.pause, error, row, now)
-        return decision
 
     def _requeue_quietly(self, chunk_id: int) -> None:
         if self.store.chunk(chunk_id).state is not ChunkState.PENDING:

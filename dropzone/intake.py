@@ -62,12 +62,16 @@ class Intake:
     store: Store
     hints: queue.Queue[tuple[Path, str]]
     heartbeat: Callable[[], None] = lambda: None
+    #: Names tracked at once, per kind (temporary names have their own count).
+    max_tracked: int = D.TRACKED_PER_INBOX
     next_scan: float = 0.0
     tracker: readiness.Tracker = field(init=False)
     watcher: watching.Watcher = field(init=False)
     _touched: set[str] = field(default_factory=set)
     _candidates: dict[str, _Candidate] = field(default_factory=dict)
     _refused: set[tuple[str, int]] = field(default_factory=set)
+    #: Files renamed into .processing whose claim the journal could not confirm yet.
+    _unconfirmed: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # min_size 0: an empty file that stays closed and quiet is claimed and
@@ -101,6 +105,9 @@ class Intake:
 
     def run_once(self, now: float) -> bool:
         """Scan if due, look at what changed, claim what is ready; True when a file was claimed."""
+        while self._unconfirmed:
+            self.store.confirm_claim(self._unconfirmed[0])  # a journal error ends the pass, not the file
+            self._unconfirmed.pop(0)
         if self.watcher.ensure_alive():
             self.next_scan = 0.0
         try:
@@ -124,8 +131,11 @@ class Intake:
                     break  # the rest next pass: other inboxes get their turn
                 if self._guarded(self._maybe_claim, root, rel, now):
                     claimed += 1
-            for stale in self.tracker.take_stale(now, after=self.inbox.stale_partial_after):
-                self._guarded(self._report_stale, stale)
+            stale = self.tracker.take_stale(
+                now, after=self.inbox.stale_partial_after, limit=D.ABANDONED_NOTICES_PER_PASS
+            )
+            for upload in stale:
+                self._guarded(self._report_stale, upload)
         return claimed > 0
 
     def _guarded(self, step: Callable[..., bool | None], *args: object) -> bool:
@@ -147,10 +157,16 @@ class Intake:
         self.next_scan = now + self.inbox.scan_interval
         seen: set[str] = set()
         complete = True
+        tracked = {True: 0, False: 0}  # never-ready or not: two caps, so temporary names never crowd out a file
+        for c in self._candidates.values():
+            tracked[c.never_ready] += 1
         for entry in root.walk(skip_hidden_dirs=True):
-            if entry.relpath not in self._candidates and len(self._candidates) >= D.TRACKED_PER_INBOX:
-                complete = False
-                continue  # tracking is capped: the rest on a later scan, once these are claimed
+            if entry.relpath not in self._candidates:
+                never = readiness.is_ignored_path(entry.relpath, self.inbox.marker_suffixes)
+                if tracked[never] >= self.max_tracked:
+                    complete = False
+                    continue  # tracking is capped: the rest on a later scan, once these are claimed
+                tracked[never] += 1
             seen.add(entry.relpath)
             self._guarded(self._look, root, entry.relpath, entry.st, now)
         if complete:
@@ -196,6 +212,10 @@ class Intake:
         ignored = readiness.is_ignored_path(rel, self.inbox.marker_suffixes)
         match = None if ignored else routing.route(self.inbox.routes, rel)
         if isinstance(match, routing.RouteMatch) and match.route.marker:
+            marker_name = os.fsencode(rel.rpartition("/")[2] + match.route.marker)
+            if len(marker_name) > outbox.NAME_MAX:
+                # Its marker cannot exist: not waited for; prepare refuses the file with the reason.
+                return _Candidate(None, None, never_ready=False)
             return _Candidate(match.route.marker, match.marker_relpath, never_ready=False)
         return _Candidate(None, None, never_ready=ignored)
 
@@ -251,7 +271,11 @@ class Intake:
                 self.store.forget_claim(file_id)
                 log.warning("claim_failed", inbox=str(inbox.path), file=rel, error=exc.strerror or str(exc))
                 return False
-            self.store.confirm_claim(file_id)
+            try:
+                self.store.confirm_claim(file_id)
+            except Exception as exc:  # noqa: BLE001 - the journal, briefly: confirmed at a later pass
+                log.error("journal_write_failed_will_retry", file=rel, error=str(exc))
+                self._unconfirmed.append(file_id)
             log.info("file_claimed", inbox=str(inbox.path), file=rel, file_id=file_id, bytes=st.st_size)
             if candidate.marker_rel:
                 self._consume_marker(root, processing, candidate.marker_rel, name)
@@ -280,4 +304,4 @@ class Intake:
             "dropzoneVersion": __version__,
         }
         with safefs.Root.open(self.inbox.outbox, create=True) as out:
-            out.atomic_write(f"{stale.path}.abandoned.json", outbox.json_bytes(doc), create_dirs=True)
+            out.atomic_write(f"{outbox.fit_name(stale.path)}.abandoned.json", outbox.json_bytes(doc), create_dirs=True)

@@ -33,6 +33,7 @@ file says so.
 from __future__ import annotations
 
 import enum
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -283,6 +284,10 @@ def after_submit(error: BaseException | None) -> SubmitDecision:
     match error:
         case None:
             return SubmitDecision(ChunkAction.RECORD_BATCH)
+        case sqlite3.Error() | errors.StoreError():
+            # The journal failed us around the upload (before it, or recording "not executed"):
+            # the chunk is not the problem. Try again later; never fail the file for it.
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.SUBMITS, stop=True)
         case errors.OutcomeUnknownError():
             return SubmitDecision(ChunkAction.REQUEUE_UNKNOWN)
         case errors.MisconfiguredError(scope="route"):

@@ -92,7 +92,7 @@ def result_names(relpath: str, ext: str) -> tuple[str, str, str]:
     return f"{relpath}.status.json", f"{relpath}.failures.{ext}", f"{relpath}.warnings.{ext}"
 
 
-def _fit(relpath: str) -> str:
+def fit_name(relpath: str) -> str:
     """``relpath`` with its last part shortened (and made unique by a hash) if result names would not fit."""
     folder, _, name = relpath.rpartition("/")
     raw = os.fsencode(name)
@@ -108,7 +108,7 @@ def choose_stem(exists: Callable[[str], bool], relpath: str, ext: str, stamp: st
 
     A name too long for result suffixes is shortened first (with a hash, so two long names do not collide).
     """
-    relpath = _fit(relpath)
+    relpath = fit_name(relpath)
     if any(exists(name) for name in result_names(relpath, ext)):
         stem = f"{relpath}.{stamp}"
         n = 1

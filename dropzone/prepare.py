@@ -141,6 +141,12 @@ class Prepare:
         match = routing.route(inbox.routes, row.relpath)
         if isinstance(match, routing.NoMatch):
             raise match.error()
+        marker_name = row.relpath.rpartition("/")[2] + (match.route.marker or "")
+        if match.route.marker and len(os.fsencode(marker_name)) > outbox.NAME_MAX:
+            raise InputError(
+                f"{outbox.printable(row.relpath)}: the name is too long for its marker file "
+                f"(NAME{match.route.marker} would exceed 255 bytes); send it under a shorter name"
+            )
         work = work_dir(self.state_dir, row.id)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)

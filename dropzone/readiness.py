@@ -317,7 +317,7 @@ class Tracker:
             recheck_at=now,
         )
 
-    def take_stale(self, now: float, *, after: float) -> list[StaleUpload]:
+    def take_stale(self, now: float, *, after: float, limit: int | None = None) -> list[StaleUpload]:
         """Files unchanged for at least ``after`` seconds that will not become ready by themselves.
 
         These are temporary upload names (``*.filepart``, ``.in.*``, …),
@@ -344,6 +344,11 @@ class Tracker:
             seen.stale_reported = True
             found.append(StaleUpload(path=path, kind=kind, stat=seen.stat, unchanged_for=now - seen.first_seen))
         found.sort(key=lambda s: -s.unchanged_for)
+        if limit is not None:
+            # The rest stay unreported until a later call: one pass never writes thousands of notices.
+            for later in found[limit:]:
+                self._seen[later.path].stale_reported = False
+            found = found[:limit]
         return found
 
     def _stale_kind(self, path: str, seen: _Sighting) -> StaleKind | None:

@@ -119,18 +119,20 @@ class Report:
 
     def _report(self, row: FileRow) -> None:
         inbox = self.inbox_of(row.inbox)
-        fmt = row.fmt or FileFormat.from_name(row.relpath) or FileFormat.CSV
-        if inbox is None:
-            self._deliver(row, fmt, self.state_dir / "orphaned-results", trusted=True)
-        else:
-            try:
-                self._deliver(row, fmt, inbox.outbox, trusted=False)
-            except safefs.UnsafePathError as exc:
-                where = self.state_dir / "undeliverable" / str(row.id)
-                log.error("results_undeliverable_kept", reason=str(exc), kept_in=str(where))
-                self._deliver(row, fmt, where, trusted=True)
+        if row.finished_at is None:  # results not written yet (a retry of the archive step skips this)
+            fmt = row.fmt or FileFormat.from_name(row.relpath) or FileFormat.CSV
+            if inbox is None:
+                self._deliver(row, fmt, self.state_dir / "orphaned-results", trusted=True)
+            else:
+                try:
+                    self._deliver(row, fmt, inbox.outbox, trusted=False)
+                except safefs.UnsafePathError as exc:
+                    where = self.state_dir / "undeliverable" / str(row.id)
+                    log.error("results_undeliverable_kept", reason=str(exc), kept_in=str(where))
+                    self._deliver(row, fmt, where, trusted=True)
+            row = self.store.file(row.id)
         archived = self._archive(row, inbox)
-        self.store.finish_file(row.id, finished_at=utc_now(), archived_to=archived)
+        self.store.finish_file(row.id, finished_at=row.finished_at or utc_now(), archived_to=archived)
         shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
 
     def _deliver(self, row: FileRow, fmt: FileFormat, out_dir: Path, *, trusted: bool) -> None:
@@ -173,6 +175,7 @@ class Report:
                 version=__version__,
             )
             out.atomic_write(status_name, outbox.json_bytes(doc), create_dirs=True)
+        self.store.mark_reported(row.id, finished_at=doc["finishedAt"])
         self.metrics.file_finished(
             doc["status"],
             rows_processed=doc["rowsProcessed"],
@@ -216,6 +219,8 @@ class Report:
             with safefs.Root.open(root, create=True) as archive_root, archive_root.open_dir(
                 sub, create=True, private=True
             ) as day:
+                # Shortened (with a hash) if a suffix would not fit: ".<id>", ".marker".
+                base = outbox.fit_name(base)
                 target = base if not day.exists(base) else f"{base}.{row.id}"
                 self.store.set_archive_target(row.id, root / sub / target)
                 # The archive may be on another filesystem (state_dir's by default).

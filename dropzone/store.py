@@ -383,6 +383,12 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE files SET archived_to=? WHERE id=?", (_b(path), file_id))
 
+    def mark_reported(self, file_id: int, *, finished_at: str) -> None:
+        """The outbox has the results: a retry of the archive step never writes them again."""
+        with self.transaction() as db:
+            self._move(db, "files", file_id, FileState.FINISHING, again=True)
+            db.execute("UPDATE files SET finished_at=? WHERE id=?", (finished_at, file_id))
+
     def finish_file(self, file_id: int, *, finished_at: str, archived_to: Path | None) -> None:
         with self.transaction() as db:
             self._move(db, "files", file_id, FileState.DONE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +287,71 @@ class TestReport:
         doc = json.loads((kept / "leads_evil.csv.status.json").read_text())
         assert doc["status"] == "Rejected"
         assert store.file(file_id).state is FileState.DONE
+
+
+class TestOneItemNeverStopsTheRest:
+    def test_temporary_names_never_crowd_out_a_real_file(self, inbox, store):
+        """More ``*.filepart`` names than tracking allows: the real file is still taken."""
+        for i in range(30):
+            (inbox.path / f"a_{i:03d}.csv.filepart").write_bytes(b"email\n")
+        (inbox.path / "zz_leads.csv").write_bytes(b"email\na@example.com\n")
+        intake = dataclasses.replace(intake_of(inbox, store), max_tracked=10)
+        intake.run_once(0.0)
+        intake.rescan_now()
+        assert intake.run_once(QUIET + 0.01) is True
+        assert [r.relpath for r in store.files()] == ["zz_leads.csv"]
+
+    def test_a_name_too_long_for_its_marker_is_refused_not_waited_for(self, tmp_path, store):
+        routes = '\n      - match: "*.csv"\n        object: leads\n        marker: true\n'
+        inbox = make_config(tmp_path, "http://127.0.0.1:9", routes=routes).inboxes[0]
+        name = "l" * 250 + ".csv"  # 254 bytes: NAME.done would be 259
+        file_id = claim(inbox, store, name, b"email\na@example.com\n")
+        prepare = Prepare(store, {inbox.path: inbox}.get, tmp_path / "state", 9_500_000, health.Metrics())
+        prepare.run_once(1.0)
+        row = store.file(file_id)
+        assert row.outcome is Outcome.REJECTED and "too long for its marker" in (row.error or "")
+
+    def test_the_same_long_name_twice_a_day_is_archived_twice(self, tmp_path, config, inbox, store):
+        """A 255-byte name, rejected twice: both originals archived (the second under a shortened name)."""
+        name = "l" * 251 + ".csv"
+        lookup = {inbox.path: inbox}.get
+        prepare = Prepare(store, lookup, config.state_dir, config.split_max_bytes, health.Metrics())
+        report = Report(store, lookup, config.state_dir, health.Metrics())
+        for _ in range(2):
+            claim(inbox, store, name, b"email\n")  # header only: Rejected
+            prepare.run_once(1.0)
+            report.run_once(2.0)
+        assert [r.state for r in store.files()] == [FileState.DONE, FileState.DONE]
+        archived = sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file())
+        assert len(archived) == 2 and all(p.read_bytes() == b"email\n" for p in archived)
+
+    def test_a_journal_error_around_an_upload_never_fails_the_file(self, config, inbox, store):
+        file_id = TestDispatch().split_file(config, inbox, store)
+        client = FakeClient(submit=[sqlite3.OperationalError("database is locked"),
+                                    BatchStatus(batch_id=7, status="Queued")])
+        dispatch = TestDispatch().dispatch(config, store, client)
+        dispatch.pause_for = lambda pause, **_: 0.0
+        dispatch.run_once(10.0)
+        [chunk] = store.chunks_of(file_id)
+        assert chunk.state is ChunkState.PENDING and chunk.error is None
+        dispatch.run_once(11.0)
+        assert store.chunks_of(file_id)[0].state is ChunkState.SUBMITTED
+
+    def test_a_journal_write_that_failed_is_made_before_anything_else(self, config, inbox, store):
+        file_id = TestDispatch().split_file(config, inbox, store)
+        real = store.record_batch
+        failures = [sqlite3.OperationalError("database is locked")]
+
+        def flaky(*args, **kwargs):
+            if failures:
+                raise failures.pop()
+            return real(*args, **kwargs)
+
+        store.record_batch = flaky  # type: ignore[method-assign]
+        client = FakeClient(submit=[BatchStatus(batch_id=7, status="Queued")])
+        dispatch = TestDispatch().dispatch(config, store, client)
+        dispatch.run_once(10.0)
+        assert store.chunks_of(file_id)[0].state is ChunkState.SUBMITTING  # the batchId is not saved yet
+        dispatch.run_once(11.0)
+        [chunk] = store.chunks_of(file_id)
+        assert (chunk.state, chunk.batch_id, client.submits) == (ChunkState.SUBMITTED, 7, 1)
