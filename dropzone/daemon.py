@@ -94,7 +94,13 @@ class Daemon:
         return self.dispatch.client
 
     def _client(self, settings: MarketoSettings) -> MarketoClient:
-        return MarketoClient(settings, sleep=self._sleep, on_call=self.metrics.on_call)
+        return MarketoClient(
+            settings,
+            sleep=self._sleep,
+            on_call=self.metrics.on_call,
+            # Heartbeat during transfers; _sleep(0) never looks at stop, a positive wait raises Interrupted once set.
+            tick=lambda: self._sleep(1.0 if self.stop.is_set() else 0.0),
+        )
 
     def _intake(self, inbox: Inbox) -> Intake:
         return Intake(inbox, self.store, self.hints, heartbeat=self._heartbeat)

@@ -110,9 +110,22 @@ CALL_DEADLINE_S: Final = 60.0
 """Wall-clock bound on one Identity or status call, reply included. Per-read
 timeouts alone let a reply trickled byte by byte hold the daemon for ever;
 Marketo itself gives up on a request after about 30 s (604)."""
-TRANSFER_DEADLINE_S: Final = 600.0
-"""The same bound for an import upload or a failure/warning file download:
-a 10 MB chunk at a slow 20 KB/s, with a margin."""
+TRANSFER_DEADLINE_S: Final = 240.0
+"""The same bound for an import upload or a failure/warning file download. At most 240 s: under
+the 300 s of systemd's WatchdogSec and of /livez, so that even a call nothing heartbeats during
+(a client built without ``tick``, an injected session) ends inside that window. A 9.5 MB chunk
+then needs about 40 KB/s on average; MIN_TRANSFER_BYTES_PER_S ends a trickle much earlier."""
+MIN_TRANSFER_BYTES_PER_S: Final = 20_000.0
+"""Slowest average rate of an upload or a reply once TRANSFER_RATE_GRACE_S has passed; below it the
+call ends as if its deadline had passed (a GET is retried, an import POST's outcome is unknown), so a
+reply trickled a byte at a time does not hold the daemon's single loop until the deadline."""
+TRANSFER_RATE_GRACE_S: Final = 15.0
+"""How long an upload (from its first byte sent) or a reply (from its first byte received) may run
+before MIN_TRANSFER_BYTES_PER_S applies: Marketo's small JSON replies are over well before it."""
+WIRE_TICK_S: Final = 1.0
+"""Longest single wait on a socket. Between two, the client runs its ``tick`` (the daemon's heartbeat
+and shutdown check) and checks the deadline and the rate again: a transfer keeps /livez and the
+watchdog fed, and SIGTERM ends it within about this long."""
 MAX_REPLY_BYTES: Final = 1 << 20
 """Largest JSON reply read (Identity, submit, status); Marketo's are a few hundred bytes."""
 MAX_RESULT_FILE_BYTES: Final = 64 << 20
@@ -120,10 +133,10 @@ MAX_RESULT_FILE_BYTES: Final = 64 << 20
 RETRY_AFTER_MAX_S: Final = 3_600.0
 """A Retry-After beyond this is taken as this: a broken proxy must not park the daemon for days."""
 TOKEN_REFRESH_MARGIN_S: Final = 60.0
+"""A token with less life left is not used for an upload: an upload may take that long, and
+Identity hands back the same token until it expires, so a dying one is waited out."""
 TOKEN_SKEW_S: Final = 1.0
 """A token with less than this left is not used for a short call (status, files)."""
-"""A token with less life left is not used for a new call: an upload may take that long, and
-Identity hands back the same token until it expires, so a dying one is waited out."""
 MAX_TOKEN_WAITS: Final = 5
 """Identity may keep answering ``expires_in`` 0; after this many waits its token is used anyway."""
 MAX_AUTH_RETRIES: Final = 3

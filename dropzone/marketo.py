@@ -46,6 +46,8 @@ from dropzone.transport import ReplyLimits, make_session
 
 log = structlog.get_logger("dropzone.marketo")
 
+_UNKNOWN_LIFETIME = float("inf")
+
 T = TypeVar("T")
 
 _REDACTED = "[redacted]"
@@ -208,7 +210,11 @@ class MarketoClient:
             the wire always use ``time.monotonic``: sockets live in real time.
         now_utc: the wall clock, for the daily quota and Retry-After dates.
         on_call: called once per HTTP exchange with a ``CallRecord``.
-        limits: deadlines and size caps of replies.
+        limits: deadlines, rate floor and size caps of exchanges.
+        tick: called about every ``limits.tick_every`` seconds while a request is sent or its reply
+            read (with a session of ``make_session``). It may raise: a ``BaseException`` such as
+            ``dropzone.errors.Interrupted`` leaves the client unchanged, the connection shut. The
+            daemon passes its heartbeat and shutdown check.
     """
 
     def __init__(
@@ -221,6 +227,7 @@ class MarketoClient:
         now_utc: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_call: Callable[[CallRecord], None] | None = None,
         limits: ReplyLimits = ReplyLimits(),  # noqa: B008 - frozen, so sharing it is safe
+        tick: Callable[[], None] = transport.no_tick,
     ) -> None:
         if not 1 <= settings.max_concurrent_calls <= D.MARKETO_MAX_CONCURRENT_CALLS:
             raise ValueError(f"max_concurrent_calls must be between 1 and {D.MARKETO_MAX_CONCURRENT_CALLS}")
@@ -231,11 +238,13 @@ class MarketoClient:
         self._clock = clock
         self._now_utc = now_utc
         self._on_call = on_call
+        self._tick = tick
         self._base = settings.endpoint.rstrip("/")
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._token_lock = threading.Lock()
         self._token: str | None = None
         self._old_token: str | None = None
+        self._token_lifetime = _UNKNOWN_LIFETIME  # what a fresh token lives (3600 s on Marketo)
         self._token_expires_at = 0.0
         self._rate_lock = threading.Lock()
         self._window = throttle.RateWindow(settings.calls_per_20s)
@@ -325,6 +334,8 @@ class MarketoClient:
         is taken whatever its lifetime (waiting could not get a longer one).
         """
         with self._token_lock:
+            # Tokens that live less than two margins (test instances) are used for half their life.
+            margin = min(margin, self._token_lifetime / 2)
             if self._token and self._clock() < self._token_expires_at - margin:
                 return self._token
             waits = 0
@@ -338,6 +349,8 @@ class MarketoClient:
                     logs.redactor.add(token)
                     self._token = token
                     self._token_expires_at = self._clock() + expires_in
+                    if fresh or self._token_lifetime == _UNKNOWN_LIFETIME:
+                        self._token_lifetime = max(expires_in, 2 * D.TOKEN_SKEW_S)
                     self.token_refreshes += 1
                     log.debug("token_refreshed", expires_in=expires_in)
                     return token
@@ -382,7 +395,7 @@ class MarketoClient:
             return parse_identity(
                 status, headers, content, client_id=self.settings.client_id, now_utc=self._now_utc(), scrub=self._scrub
             )
-        except MarketoError as exc:
+        except BaseException as exc:  # Interrupted too: never recorded as "ok"
             outcome = _outcome(exc)
             raise
         finally:
@@ -494,7 +507,7 @@ class MarketoClient:
                     where, status, reply_headers, content, file=file, now_utc=self._now_utc(), scrub=self._scrub
                 )
                 return parse(value)
-            except (TokenRefusedError, MarketoError) as exc:
+            except BaseException as exc:  # Interrupted too: never recorded as "ok"
                 outcome = _outcome(exc)
                 raise
             finally:
@@ -510,13 +523,18 @@ class MarketoClient:
         headers: Mapping[str, str],
         file: bool = False,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """One request and its whole reply, within the deadline and the size cap."""
+        """One request and its whole reply, within the deadline, the rate floor and the size cap.
+
+        ``tick`` runs throughout; whatever it raises leaves as it is, the connection shut first
+        by the wire (no handler here takes a BaseException that is not an Exception).
+        """
         long = file or where.creates
         at = time.monotonic() + (self.limits.transfer_deadline if long else self.limits.call_deadline)
         limit = self.limits.max_file_bytes if file else self.limits.max_reply_bytes
+        exchange = transport.Exchange(at, limits=self.limits, tick=self._tick)
         failure: MarketoError
         try:
-            with transport.deadline(at):
+            with transport.bounded(exchange):
                 resp = self._session.request(
                     where.method,
                     url,
@@ -538,6 +556,8 @@ class MarketoClient:
                 failure = TransientError(
                     f"could not connect to Marketo for {where} ({type(exc).__name__})", endpoint=where.endpoint
                 )
+            elif exchange.ended is not None:  # the deadline or the rate floor
+                failure = self._lost(where, exchange.ended)
             elif time.monotonic() >= at:
                 failure = self._lost(where, "deadline passed")
             elif isinstance(exc, requests.exceptions.ReadTimeout) or "timed out" in str(exc).lower():

@@ -11,7 +11,9 @@ import dataclasses
 import datetime as dt
 import email.utils
 import io
+import itertools
 import json
+import re
 import socket
 import threading
 import time
@@ -25,6 +27,7 @@ import pytest
 import requests
 import structlog
 
+from dropzone import defaults as D
 from dropzone import errors, logs, transport
 from dropzone.config import MarketoSettings
 from dropzone.kinds import FileFormat, ObjectKind
@@ -188,6 +191,10 @@ class FakeMarketo(ThreadingHTTPServer):
         }
         self.requests: list[dict[str, Any]] = []
         self.stall_uploads = False
+        #: Called (on the handler's thread) when an upload arrives that ``stall_uploads`` will never read.
+        self.on_stall: Callable[[], None] | None = None
+        #: Seconds an upload waits, unread, before it is read and answered.
+        self.hold_uploads = 0.0
 
     @property
     def url(self) -> str:
@@ -212,8 +219,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.command == "POST" and self.server.stall_uploads:
+            if self.server.on_stall is not None:
+                self.server.on_stall()
             self.server.stop.wait(30)  # never read the upload: the client's sends block
             return
+        if self.command == "POST" and self.server.hold_uploads:
+            self.server.stop.wait(self.server.hold_uploads)  # the client's sends block meanwhile
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""  # read the upload whole before answering
         path = urlsplit(self.path).path
@@ -255,11 +266,13 @@ def fake() -> Iterator[FakeMarketo]:
 def fake_client(fake, fake_time, calls):
     made: list[MarketoClient] = []
 
-    def make(*, limits: ReplyLimits | None = None, **overrides: Any) -> MarketoClient:
+    def make(
+        *, limits: ReplyLimits | None = None, tick: Callable[[], None] = transport.no_tick, **overrides: Any
+    ) -> MarketoClient:
         overrides.setdefault("max_retry_seconds", 30.0)
         client = MarketoClient(
             settings_for(fake.url, **overrides), sleep=fake_time.sleep, clock=fake_time.clock, on_call=calls.append,
-            limits=limits or ReplyLimits(),
+            limits=limits or ReplyLimits(), tick=tick,
         )
         made.append(client)
         return client
@@ -1033,6 +1046,197 @@ class TestBoundedReplies:
         with transport.deadline(time.monotonic() - 1), pytest.raises(TimeoutError):
             transport._arm(None, None)
         transport._arm(None, None)
+
+
+class StopSwitch:
+    """The daemon's stop flag as the client sees it: ``tick`` notes the time and raises Interrupted once set."""
+
+    def __init__(self) -> None:
+        self.flag = threading.Event()
+        self.set_at: float | None = None
+        self.ticks: list[float] = []
+
+    def set(self) -> None:
+        self.set_at = time.monotonic()
+        self.flag.set()
+
+    def tick(self) -> None:
+        self.ticks.append(time.monotonic())
+        if self.flag.is_set():
+            raise errors.Interrupted
+
+
+def longest_gap(ticks: list[float], start: float, end: float) -> float:
+    """The longest time without a tick between ``start`` and ``end``."""
+    points = [start, *(t for t in ticks if start <= t <= end), end]
+    return max(b - a for a, b in itertools.pairwise(points))
+
+
+def big_upload(tmp_path: Path) -> Path:
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"email\n" + b"someone@example.com\n" * 1_000_000)  # 20 MB: more than socket buffers hold
+    return path
+
+
+def head(length: int, content_type: str = "application/json") -> bytes:
+    return (
+        f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+def trickle_then_stop(body: bytes, switch: StopSwitch, hung_up: threading.Event, *, after: int) -> Step:
+    """The head at once, then a body byte a second; after ``after`` bytes the server goes quiet, sets the
+    switch half a second later (the client is waiting in a read: only a tick between slices can notice
+    now), and waits up to 5 s to see the client hang up."""
+
+    def step(h: _Handler) -> None:
+        h.wfile.write(head(len(body)))
+        for i in range(after):
+            if h.server.stop.wait(1.0):
+                return
+            h.wfile.write(body[i : i + 1])
+        if h.server.stop.wait(0.5):
+            return
+        switch.set()
+        h.connection.settimeout(5.0)
+        try:
+            if h.connection.recv(1) == b"":
+                hung_up.set()
+        except ConnectionResetError:
+            hung_up.set()
+        except TimeoutError:
+            pass
+
+    return step
+
+
+class TestTicksAndRateFloor:
+    """The client's ``tick`` runs through every transfer (the daemon's heartbeat and SIGTERM), and a transfer
+    slower than the floor ends well before its deadline."""
+
+    def test_a_stop_during_a_trickled_status_reply_interrupts_the_call(self, fake, fake_client, calls):
+        """Status trickled at 1 byte/s, then a stop: Interrupted itself leaves the client within about a second,
+        not at the deadline, not wrapped in a MarketoError; the connection is shut and the call recorded."""
+        switch, hung_up = StopSwitch(), threading.Event()
+        body = json.dumps({"success": True, "result": [{"batchId": 7, "status": "Queued"}]}).encode()
+        fake.answer("status", trickle_then_stop(body, switch, hung_up, after=3))
+        client = fake_client(limits=ReplyLimits(call_deadline=10.0), tick=switch.tick, max_retry_seconds=0.0)
+        with pytest.raises(errors.Interrupted) as caught:
+            client.status(LEADS, 7)
+        raised_at = time.monotonic()
+        assert type(caught.value) is errors.Interrupted
+        assert caught.value.__context__ is None and caught.value.__cause__ is None
+        assert switch.set_at is not None and raised_at - switch.set_at < 2.0
+        assert hung_up.wait(2.0), "the server never saw the client hang up"
+        assert [c.outcome for c in calls if c.endpoint == "status"] == ["Interrupted"]
+
+    def test_a_stop_during_an_upload_nobody_reads_interrupts_it(self, fake, fake_client, tmp_path):
+        """Blocked sends tick too. The journal keeps 'submitting': before_send ran, not_executed did not."""
+        switch = StopSwitch()
+
+        def stop_once_blocked() -> None:
+            if not fake.stop.wait(0.5):  # the client's sends have filled the socket buffers by then
+                switch.set()
+
+        fake.stall_uploads = True
+        fake.on_stall = stop_once_blocked
+        hooks = Hooks()
+        client = fake_client(
+            limits=ReplyLimits(transfer_deadline=10.0), tick=switch.tick, connect_timeout=10.0, read_timeout=10.0
+        )
+        with pytest.raises(errors.Interrupted):
+            client.submit(LEADS, big_upload(tmp_path), fmt=CSV, **hooks.kwargs())
+        assert switch.set_at is not None and time.monotonic() - switch.set_at < 2.0
+        assert hooks.events == ["send"]
+
+    def test_ticks_keep_coming_through_a_stalled_but_legal_download(self, fake, fake_client):
+        """A failure file paused 3 s mid-body (under the read timeout, inside the rate grace) arrives whole,
+        and the tick ran at least once a second all along."""
+        body = b"email,Import Failure Reason\n" + b"x@example.com,bad\n" * 2000
+
+        def step(h: _Handler) -> None:
+            h.wfile.write(head(len(body), "text/csv") + body[: len(body) // 2])
+            h.server.stop.wait(3.0)
+            h.wfile.write(body[len(body) // 2 :])
+
+        fake.answer("failures", step)
+        ticks: list[float] = []
+        client = fake_client(tick=lambda: ticks.append(time.monotonic()))
+        client.check_credentials()
+        started = time.monotonic()
+        assert client.failures(LEADS, 7) == body
+        ended = time.monotonic()
+        assert ended - started >= 3.0
+        assert len([t for t in ticks if t >= started]) >= 3
+        assert longest_gap(ticks, started, ended) < 1.5
+
+    def test_ticks_keep_coming_through_a_held_upload(self, fake, fake_client, tmp_path):
+        """An upload the server leaves unread for 2.5 s, then takes: sends wait in slices, ticking between."""
+        fake.hold_uploads = 2.5
+        fake.answer("import", ok_batch(7))
+        ticks: list[float] = []
+        client = fake_client(tick=lambda: ticks.append(time.monotonic()), connect_timeout=10.0, read_timeout=10.0)
+        client.check_credentials()
+        started = time.monotonic()
+        assert client.submit(LEADS, big_upload(tmp_path), fmt=CSV).batch_id == 7
+        ended = time.monotonic()
+        assert ended - started >= 2.5
+        assert len([t for t in ticks if t >= started]) >= 3
+        assert longest_gap(ticks, started, ended) < 1.5
+
+    def test_a_trickled_failure_file_ends_at_the_rate_floor(self, fake, fake_client):
+        """20 bytes/s: once the grace is over (1 s here, 15 s by default) the average is under the floor, and the
+        download ends long before its transfer deadline and without a read timeout: a TransientError."""
+        body = b"email,Import Failure Reason\n" + b"x@example.com,bad\n" * 50
+        fake.answer("failures", trickle(body, 0.05))
+        limits = ReplyLimits(min_rate=1_000, rate_grace=1.0)
+        assert limits.transfer_deadline == D.TRANSFER_DEADLINE_S
+        client = fake_client(limits=limits, max_retry_seconds=0.0)
+        client.check_credentials()
+        started = time.monotonic()
+        with pytest.raises(errors.TransientError, match="transfer too slow"):
+            client.failures(LEADS, 7)
+        assert 1.0 <= time.monotonic() - started < 2.5
+
+    def test_an_upload_nobody_reads_ends_at_the_rate_floor_outcome_unknown(self, fake, fake_client, tmp_path):
+        """Blocked sends are checked every slice: the upload's average falls under the floor after the grace, and
+        bytes went out, so the submit is OutcomeUnknown; the deadline (240 s) and the per-send timeout (10 s) are
+        far. Loopback buffers swallow megabytes at once, hence a floor of 50 MB/s here."""
+        fake.stall_uploads = True
+        hooks = Hooks()
+        client = fake_client(
+            limits=ReplyLimits(min_rate=50_000_000, rate_grace=1.0), connect_timeout=10.0, read_timeout=10.0
+        )
+        client.check_credentials()
+        started = time.monotonic()
+        with pytest.raises(errors.OutcomeUnknownError) as caught:
+            client.submit(LEADS, big_upload(tmp_path), fmt=CSV, **hooks.kwargs())
+        assert caught.value.reason == "transfer too slow"
+        assert 1.0 <= time.monotonic() - started < 3.0
+        assert hooks.events == ["send"]
+
+    def test_a_trickled_submit_reply_ends_at_the_rate_floor_outcome_unknown(self, fake, fake_client, tmp_path):
+        """The floor applies to the reply of an import as well, and keeps its classification."""
+        fake.answer("import", trickle(b'{"success":true,"result":[{"batchId":7,"status":"Queued"}]}', 0.05))
+        client = fake_client(limits=ReplyLimits(min_rate=1_000, rate_grace=1.0))
+        with pytest.raises(errors.OutcomeUnknownError) as caught:
+            client.submit(LEADS, write(tmp_path, "l.csv", LEADS_CSV), fmt=CSV)
+        assert caught.value.reason == "transfer too slow"
+        assert fake.hits("import") == 1
+
+    @pytest.mark.parametrize(
+        "bad", [{"tick_every": 0.0}, {"min_rate": -1.0}, {"rate_grace": -1.0}, {"transfer_deadline": 0.0}]
+    )
+    def test_limits_refuse_nonsense(self, bad):
+        with pytest.raises(ValueError):
+            ReplyLimits(**bad)
+
+    def test_the_transfer_deadline_ends_inside_the_watchdog_window(self):
+        """With no tick at all (an injected session), one call still ends before systemd's watchdog fires."""
+        unit = (Path(__file__).resolve().parents[1] / "systemd" / "dropzone.service").read_text()
+        [(number, unit_name)] = re.findall(r"^WatchdogSec=(\d+)(min|s)?\s*$", unit, re.MULTILINE)
+        watchdog = int(number) * (60 if unit_name == "min" else 1)
+        assert max(D.CALL_DEADLINE_S, D.TRANSFER_DEADLINE_S) <= 240.0 < watchdog
 
 
 class TestSecretsOnNewPaths:
