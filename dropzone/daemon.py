@@ -137,6 +137,7 @@ class Daemon:
         """Recover from the journal, start the watchers; the first pass scans every inbox."""
         self.recover()
         for intake in self.intakes.values():
+            intake.prepare_folders()
             intake.start()
         self._update_readiness()
         self.metrics.set_ready_inputs(config_loaded=True)

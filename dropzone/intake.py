@@ -70,6 +70,7 @@ class Intake:
     _touched: set[str] = field(default_factory=set)
     _candidates: dict[str, _Candidate] = field(default_factory=dict)
     _refused: set[tuple[str, int]] = field(default_factory=set)
+    _told: set[str] = field(default_factory=set)
     #: Files renamed into .processing whose claim the journal could not confirm yet.
     _unconfirmed: list[int] = field(default_factory=list)
 
@@ -87,6 +88,17 @@ class Intake:
 
     def start(self) -> None:
         self.watcher.start()
+
+    def prepare_folders(self) -> None:
+        """Create a missing outbox or archive whose parent exists (logged); a failure is only logged."""
+        for key, path in (("outbox", self.inbox.outbox), ("archive", self.inbox.archive)):
+            if path is None or path.exists():
+                continue
+            try:
+                safefs.Root.open(path, create=True).close()
+                log.info("folder_created", inbox=str(self.inbox.path), key=key, path=str(path))
+            except OSError as exc:
+                log.error("folder_not_created", inbox=str(self.inbox.path), key=key, path=str(path), error=str(exc))
 
     def stop(self) -> None:
         self.watcher.stop()
@@ -144,12 +156,11 @@ class Intake:
         try:
             return bool(step(*args))
         except Exception as exc:  # noqa: BLE001 - isolate the item
-            log.warning(
-                "intake_item_failed",
-                inbox=str(self.inbox.path),
-                step=getattr(step, "__name__", "?"),
-                error=str(exc) or type(exc).__name__,
-            )
+            error = str(exc) or type(exc).__name__
+            # Told once: a trap a partner leaves in place would otherwise be logged every pass.
+            emit = log.debug if error in self._told else log.warning
+            self._told.add(error)
+            emit("intake_item_failed", inbox=str(self.inbox.path), step=getattr(step, "__name__", "?"), error=error)
             return False
 
     def _scan(self, root: safefs.Root, now: float) -> set[str]:

@@ -174,7 +174,7 @@ class Exchange:
                 raise self.end("deadline passed")
             if flow.too_slow(now, self.limits):
                 raise self.end("transfer too slow")
-            wait = self.at - now
+            wait = min(self.limits.tick_every, self.at - now)
             if per_op is not None:
                 quiet = per_op - (now - idle_since)
                 if quiet <= 0:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from dropzone import config as config_module
 from dropzone.daemon import Daemon
@@ -30,7 +31,9 @@ ROUTES = """
 """
 
 
-def make_config(tmp_path: Path, base_url: str, *, extra: str = "", routes: str = ROUTES) -> config_module.Config:
+def make_config(
+    tmp_path: Path, base_url: str, *, extra: str = "", routes: str = ROUTES, resubmit_hold: float = 0.2
+) -> config_module.Config:
     text = f"""
 marketo:
   endpoint: {base_url}
@@ -38,7 +41,7 @@ marketo:
   client_secret: {CLIENT_SECRET}
   poll_interval: 0.5
   max_retry_seconds: 5
-  resubmit_hold: 0.2
+  resubmit_hold: {resubmit_hold}
 state_dir: state
 {extra}
 inboxes:
@@ -60,7 +63,7 @@ def daemons(
     """Yields a factory of started daemons (``make(**make_config kwargs)``); closes them all after."""
     made: list[Daemon] = []
 
-    def make(**kwargs: str) -> Daemon:
+    def make(**kwargs: Any) -> Daemon:
         config = make_config(tmp_path, base_url, **kwargs)
         if poll_interval is not None:
             config = dataclasses.replace(

@@ -765,6 +765,20 @@ class TestCheckPaths:
         cfg = self.make(tmp_path, path="gone")
         assert check_paths(cfg) == [f"inboxes[0].path: {tmp_path / 'gone'} does not exist"]
 
+    def test_a_missing_outbox_or_archive_with_a_parent_is_created_not_refused(self, tmp_path: Path) -> None:
+        cfg = self.make(tmp_path, outbox="new_outbox", archive="new_archive")
+        (tmp_path / "outbox").rmdir()
+        assert check_paths(cfg) == []
+        cfg = self.make(tmp_path, outbox="no/such/outbox")
+        assert check_paths(cfg) == [f"inboxes[0].outbox: {tmp_path / 'no/such/outbox'} does not exist"]
+
+    def test_a_planted_processing_symlink_does_not_refuse_the_configuration(self, tmp_path: Path) -> None:
+        """A partner's ``.processing -> elsewhere`` is the claim's to refuse, not a reason to stop the daemon."""
+        cfg = self.make(tmp_path)
+        (tmp_path / "elsewhere").mkdir()
+        cfg.inboxes[0].processing_dir.symlink_to(tmp_path / "elsewhere")
+        assert check_paths(cfg) == []
+
     def test_a_file_where_a_folder_should_be_is_reported(self, tmp_path: Path) -> None:
         """An outbox that is a regular file is reported."""
         (tmp_path / "out.txt").write_text("x")

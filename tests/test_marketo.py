@@ -1084,17 +1084,21 @@ def head(length: int, content_type: str = "application/json") -> bytes:
     ).encode()
 
 
-def trickle_then_stop(body: bytes, switch: StopSwitch, hung_up: threading.Event, *, after: int) -> Step:
-    """The head at once, then a body byte a second; after ``after`` bytes the server goes quiet, sets the
+def trickle_then_stop(
+    body: bytes, switch: StopSwitch, hung_up: threading.Event, *, after: int, headers_too: bool = False
+) -> Step:
+    """The head at once (or trickled too), then a byte a second; after ``after`` bytes the server goes quiet, sets the
     switch half a second later (the client is waiting in a read: only a tick between slices can notice
     now), and waits up to 5 s to see the client hang up."""
 
     def step(h: _Handler) -> None:
-        h.wfile.write(head(len(body)))
+        data = head(len(body)) + body if headers_too else body
+        if not headers_too:
+            h.wfile.write(head(len(body)))
         for i in range(after):
             if h.server.stop.wait(1.0):
                 return
-            h.wfile.write(body[i : i + 1])
+            h.wfile.write(data[i : i + 1])
         if h.server.stop.wait(0.5):
             return
         switch.set()
@@ -1114,12 +1118,13 @@ class TestTicksAndRateFloor:
     """The client's ``tick`` runs through every transfer (the daemon's heartbeat and SIGTERM), and a transfer
     slower than the floor ends well before its deadline."""
 
-    def test_a_stop_during_a_trickled_status_reply_interrupts_the_call(self, fake, fake_client, calls):
+    @pytest.mark.parametrize("headers_too", [False, True], ids=["body", "status-line"])
+    def test_a_stop_during_a_trickled_status_reply_interrupts_the_call(self, fake, fake_client, calls, headers_too):
         """Status trickled at 1 byte/s, then a stop: Interrupted itself leaves the client within about a second,
         not at the deadline, not wrapped in a MarketoError; the connection is shut and the call recorded."""
         switch, hung_up = StopSwitch(), threading.Event()
         body = json.dumps({"success": True, "result": [{"batchId": 7, "status": "Queued"}]}).encode()
-        fake.answer("status", trickle_then_stop(body, switch, hung_up, after=3))
+        fake.answer("status", trickle_then_stop(body, switch, hung_up, after=3, headers_too=headers_too))
         client = fake_client(limits=ReplyLimits(call_deadline=10.0), tick=switch.tick, max_retry_seconds=0.0)
         with pytest.raises(errors.Interrupted) as caught:
             client.status(LEADS, 7)
