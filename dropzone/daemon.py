@@ -98,8 +98,8 @@ class Daemon:
             settings,
             sleep=self._sleep,
             on_call=self.metrics.on_call,
-            # Heartbeat during transfers; _sleep(0) never looks at stop, a positive wait raises Interrupted once set.
-            tick=lambda: self._sleep(1.0 if self.stop.is_set() else 0.0),
+            # During transfers: a heartbeat, and Interrupted once a shutdown is asked for.
+            tick=lambda: self._sleep(0.0),
         )
 
     def _intake(self, inbox: Inbox) -> Intake:
@@ -121,6 +121,8 @@ class Daemon:
         end = self.clock() + seconds
         while True:
             self._heartbeat()
+            if self.stop.is_set():
+                raise Interrupted
             left = end - self.clock()
             if left <= 0:
                 return

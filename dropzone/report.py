@@ -17,6 +17,7 @@ The archive is the daemon's: its folders are created or verified as ours.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -219,13 +220,15 @@ class Report:
             with safefs.Root.open(root, create=True) as archive_root, archive_root.open_dir(
                 sub, create=True, private=True
             ) as day:
-                # Shortened (with a hash) if a suffix would not fit: ".<id>", ".marker".
-                base = outbox.fit_name(base)
-                target = base if not day.exists(base) else f"{base}.{row.id}"
+                # The partner's own name; shortened (with a hash) only where a suffix must fit.
+                target = base if not day.exists(base) else f"{outbox.fit_name(base)}.{row.id}"
                 self.store.set_archive_target(row.id, root / sub / target)
                 # The archive may be on another filesystem (state_dir's by default).
                 safefs.rename(processing, name, day, target, cross_device=True)
                 marker = name + MARKER_SUFFIX_IN_PROCESSING
                 if processing.exists(marker):
-                    safefs.rename(processing, marker, day, target + MARKER_SUFFIX_IN_PROCESSING, cross_device=True)
+                    beside = target + MARKER_SUFFIX_IN_PROCESSING
+                    if len(os.fsencode(beside)) > outbox.NAME_MAX:
+                        beside = outbox.fit_name(target) + MARKER_SUFFIX_IN_PROCESSING
+                    safefs.rename(processing, marker, day, beside, cross_device=True)
         return root / sub / target

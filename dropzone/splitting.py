@@ -12,16 +12,12 @@ Marketo can be traced to the partner's line.
 Everything above ``split_file`` works on byte streams and never opens a path,
 so tests feed ``io.BytesIO``; ``split_file`` at the bottom is the I/O edge.
 
-How records are found without parsing fields: only quotes and line feeds
-matter.  A line feed ends a record iff an even number of quote characters
-precede it (doubled quotes inside a quoted field count twice, so parity
-still works).  Per block, ``bytes.translate`` deletes every other byte and
-``replace`` cancels quote pairs that sit on the same physical line; what is
-left is one byte per line feed plus a lone quote on each line that has an
-odd quote count.  In the usual file no quote is left and every line feed is
-a record boundary, all found at C speed; otherwise the odd lines tell which
-line feed ordinals fall inside quotes.  Byte positions are only looked up
-(``rfind``, or bisecting with ``count``) where a chunk has to be cut.
+Two concerns live beside it: where records end (the quote and line-feed
+arithmetic, without parsing fields) is ``dropzone.records``; validating,
+transcoding and metering the source's character encoding is
+``dropzone.charsets``.  This module drives both: it reads the blocks, sniffs
+the byte order mark, carries the unfinished record, applies the size rules,
+writes the chunks and words every error.
 
 Memory: a block, plus the unfinished record carried to the next block
 (bounded by ``max_bytes``), plus a few copies of those: about 25 MB with the
@@ -37,27 +33,20 @@ import codecs
 import contextlib
 import csv
 import io
-from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate
 from pathlib import Path
 from typing import BinaryIO
 
 from dropzone import defaults as D
+from dropzone.charsets import UTF16_BOMS, SourceMeter, Transcoder, Utf8Check, normalise_encoding
 from dropzone.errors import ConfigError, SplitError
 from dropzone.kinds import FileFormat
+from dropzone.records import LF, Quotes, first_boundary, last_boundary
 
 #: Sees the header's field names before any chunk is written; returns the
 #: names to write (e.g. trimmed) or raises ``InputError`` to refuse the file.
 HeaderCheck = Callable[[list[str]], list[str]]
-
-_QUOTE = 0x22
-_LF = 0x0A
-# translate() deletes these, leaving only quotes and line feeds.
-_NOT_QUOTE_OR_LF = bytes(b for b in range(256) if b not in (_QUOTE, _LF))
-_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-_UTF8_PIECE = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,185 +160,6 @@ def _delimiter(fmt: FileFormat | str) -> bytes:
         raise ConfigError(f"unknown format {fmt!r}; expected one of {known}") from None
 
 
-class _Quotes:
-    """Where quotes hide line feeds in a buffer that starts outside quotes.
-
-    Line feeds are identified by ordinal (0 = first LF in the buffer).
-    ``los[i]``..``his[i]`` (exclusive) are the ordinals inside the i-th
-    quoted stretch that holds line feeds; ``open_line`` is the index of the
-    physical line (0-based within the buffer) where a quote opened that the
-    buffer never closes, or -1.
-    """
-
-    __slots__ = ("before", "his", "lfs", "los", "open_line")
-
-    def __init__(self, data: bytes) -> None:
-        reduced = data.translate(None, _NOT_QUOTE_OR_LF)
-        self.los: list[int] = []
-        self.his: list[int] = []
-        self.before: list[int] = [0]  # inside ordinals in stretches before i
-        self.open_line = -1
-        if b'"' in reduced:
-            # Quotes of one physical line are adjacent here, so pairs cancel;
-            # at most one quote per line survives, on lines with odd counts.
-            # Cancelling fours first halves the matches in quote-heavy files.
-            reduced = reduced.replace(b'""""', b"").replace(b'""', b"")
-        if b'"' not in reduced:  # the hot path: no quoted line feeds
-            self.lfs = len(reduced)
-            return
-        # Odd parts hold the LFs inside quotes.  Built with map/accumulate,
-        # not a loop: files where every record has a multi-line field exist.
-        parts = reduced.split(b'"')
-        lengths = list(map(len, parts))
-        ends = list(accumulate(lengths))  # ordinal after each part
-        self.los = ends[0 : len(parts) - 1 : 2]
-        self.his = ends[1::2]
-        self.before = list(accumulate(lengths[1::2], initial=0))
-        self.lfs = ends[-1]
-        if len(parts) % 2 == 0:
-            self.open_line = self.los[-1]
-
-    def inside(self, ordinal: int) -> int:
-        """Index of the stretch holding LF ``ordinal``, or -1."""
-        i = bisect_right(self.los, ordinal) - 1
-        return i if i >= 0 and ordinal < self.his[i] else -1
-
-    def inside_before(self, ordinal: int) -> int:
-        """How many LFs with a smaller ordinal are inside quotes."""
-        i = bisect_right(self.los, ordinal) - 1
-        if i < 0:
-            return 0
-        return self.before[i] + min(ordinal, self.his[i]) - self.los[i]
-
-
-def _last_boundary(data: bytes, start: int, stop: int, start_ord: int, q: _Quotes) -> tuple[int, int]:
-    """End of the last whole record in ``data[start:stop]``: (position after
-    its LF, LF count in ``data[:position]``), or (-1, -1) if there is none.
-    ``start`` must be a record boundary with ``start_ord`` LFs before it."""
-    p = data.rfind(b"\n", start, stop)
-    if p < 0:
-        return -1, -1
-    if not q.los:
-        if stop >= len(data):
-            return p + 1, q.lfs  # the buffer's last LF: no need to count
-        return p + 1, start_ord + data.count(b"\n", start, p) + 1
-    k = start_ord + data.count(b"\n", start, p)
-    i = q.inside(k)
-    if i >= 0:
-        # Inside a quoted field: the record ends at the LF just before the
-        # line where that field's quote opened (which is outside quotes).
-        k = q.los[i] - 1
-        if k < start_ord:
-            return -1, -1
-        p = _nth_lf(data, start, start_ord, p, k)
-    return p + 1, k + 1
-
-
-def _nth_lf(data: bytes, lo: int, lo_ord: int, hi: int, target: int) -> int:
-    """Position of the LF with ordinal ``target``, known to lie in
-    ``data[lo:hi]`` with ``lo_ord`` LFs before ``lo``.  Bisects with C-speed
-    counts, so a quoted field of a million lines costs no million steps."""
-    while hi - lo > 512:
-        mid = (lo + hi) // 2
-        ordinal = lo_ord + data.count(b"\n", lo, mid)
-        if ordinal > target:
-            hi = mid
-        else:
-            lo, lo_ord = mid, ordinal
-    p = lo - 1
-    for _ in range(target - lo_ord + 1):
-        p = data.find(b"\n", p + 1, hi)
-    return p
-
-
-def _first_boundary(data: bytes) -> int:
-    """Position after the LF that ends the first record, or -1."""
-    q = _Quotes(data)
-    target = q.his[0] if q.los and q.los[0] == 0 else 0
-    if target >= q.lfs:
-        return -1
-    return _nth_lf(data, 0, 0, len(data), target) + 1
-
-
-class _Utf8Check:
-    """Validates UTF-8 block by block; sequences may straddle blocks."""
-
-    __slots__ = ("pending",)
-
-    def __init__(self) -> None:
-        self.pending = b""
-
-    def feed(self, block: bytes, final: bool) -> int | None:
-        """Offset of the first bad byte relative to ``block`` (negative if it
-        began in the previous block), or None if all is well so far."""
-        if not self.pending and block.isascii():
-            return None  # the common case costs next to nothing
-        held = len(self.pending)
-        data = self.pending + block if held else block
-        view = memoryview(data)
-        i = 0
-        try:
-            # Small pieces keep the throwaway str in cache: twice as fast as
-            # decoding a megabyte at once.
-            while i + _UTF8_PIECE < len(data):
-                i += codecs.utf_8_decode(view[i : i + _UTF8_PIECE], "strict", False)[1]
-            i += codecs.utf_8_decode(view[i:], "strict", final)[1]
-        except UnicodeDecodeError as e:
-            return i + e.start - held
-        finally:
-            view.release()
-        self.pending = data[i:]
-        return None
-
-
-class _Transcoder:
-    """A reader giving UTF-8 bytes from a source in another encoding."""
-
-    def __init__(self, raw: BinaryIO, encoding: str, first: bytes) -> None:
-        self._raw = raw
-        self._encoding = encoding
-        self._decoder = codecs.getincrementaldecoder(encoding)("strict")
-        self._first: bytes | None = first
-        self._lines = 0  # LFs decoded so far, to place a bad byte on its line
-
-    def read(self, size: int) -> bytes:
-        while True:
-            if self._first is not None:
-                raw, self._first = self._first, None
-            else:
-                raw = self._raw.read(size)
-            try:
-                text = self._decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                seen = bytes(e.object[: e.start]).decode(self._encoding, "replace")
-                line = self._lines + seen.count("\n") + 1
-                bad = bytes(e.object[e.start : e.end]).hex(" ").upper()
-                raise SplitError(
-                    f"line {line}: bytes {bad} are not valid {self._encoding}; "
-                    f"check the file's encoding",
-                    line=line,
-                ) from None
-            if text or not raw:
-                self._lines += text.count("\n")
-                return text.encode("utf-8")
-
-
-class _SourceMeter:
-    """Source byte offsets of output bytes when transcoding.
-
-    Output is UTF-8, the source is not, so offsets are found by encoding the
-    output back with one incremental encoder (it emits a BOM once, as the
-    source had): exact for codecs that round-trip, which single-byte code
-    pages and UTF-16/32 do.
-    """
-
-    def __init__(self, encoding: str) -> None:
-        self._encoder = codecs.getincrementalencoder(encoding)("strict")
-
-    def measure(self, utf8: bytes | memoryview) -> int:
-        return len(self._encoder.encode(bytes(utf8).decode("utf-8")))
-
-
 class _ChunkWriter:
     """Opens, fills and closes chunks, and keeps their manifest."""
 
@@ -431,12 +241,12 @@ class _Splitter:
         self.delimiter = delimiter
         self.max_bytes = max_bytes
         self.block_size = block_size
-        self.encoding = _normalise_encoding(encoding)
+        self.encoding = normalise_encoding(encoding)
         self.bom_stripped = False
         self.bom_in_text = False  # a U+FEFF the decoder handed us (vs. one it consumed)
         self.skipped = 0  # source bytes before the header: a stripped UTF-8 BOM
-        self.meter: _SourceMeter | None = None
-        self.check: _Utf8Check | None = None
+        self.meter: SourceMeter | None = None
+        self.check: Utf8Check | None = None
         self.writer: _ChunkWriter | None = None
         self.read: Callable[[int], bytes] = source.read
 
@@ -471,7 +281,7 @@ class _Splitter:
                     "encoding setting",
                     line=1,
                 )
-            utf16 = first.startswith(_UTF16_BOMS)
+            utf16 = first.startswith(UTF16_BOMS)
             if utf16 and not self.encoding.startswith(("utf-16", "utf-32")):
                 raise SplitError(
                     f"the file is UTF-16 (it starts with a UTF-16 byte order mark) but encoding "
@@ -479,15 +289,15 @@ class _Splitter:
                     line=1,
                 )
             self.bom_stripped = utf16  # the codec consumes it
-            transcoder = _Transcoder(self.source, self.encoding, first)
+            transcoder = Transcoder(self.source, self.encoding, first)
             self.read = transcoder.read
-            self.meter = _SourceMeter(self.encoding)
+            self.meter = SourceMeter(self.encoding)
             first = self.read(self.block_size)
             if first.startswith(codecs.BOM_UTF8):  # e.g. utf-16-le keeps the BOM as text
                 self.bom_stripped = self.bom_in_text = True
                 first = first[len(codecs.BOM_UTF8) :] or self.read(self.block_size)
             return first
-        if first.startswith(_UTF16_BOMS):
+        if first.startswith(UTF16_BOMS):
             raise SplitError(
                 "the file is UTF-16 (it starts with a UTF-16 byte order mark); "
                 "save it as UTF-8, or configure encoding utf-16",
@@ -498,7 +308,7 @@ class _Splitter:
             self.skipped = len(codecs.BOM_UTF8)
             # Never hand on an empty first block: it would read as end of file.
             first = first[self.skipped :] or self.read(self.block_size)
-        self.check = _Utf8Check()
+        self.check = Utf8Check()
         self._validate(b"", first, 1)
         return first
 
@@ -531,11 +341,11 @@ class _Splitter:
     def _header(self, data: bytes) -> tuple[bytes, bytes, bool]:
         """Reads until the header's line feed: (header, rest, eof)."""
         eof = False
-        while (end := _first_boundary(data)) < 0:
+        while (end := first_boundary(data)) < 0:
             if eof:
                 if not data:
                     raise SplitError("the file is empty")
-                if _Quotes(data).open_line >= 0:
+                if Quotes(data).open_line >= 0:
                     raise SplitError("line 1: the header has a quote that is never closed", line=1)
                 if b"\r" in data.rstrip(b"\r"):
                     raise SplitError(
@@ -600,7 +410,7 @@ class _Splitter:
                     data = data + block if data else block
                 else:
                     eof = True
-            q = _Quotes(data)
+            q = Quotes(data)
             n = len(data)
             if eof:
                 if q.open_line >= 0:
@@ -612,7 +422,7 @@ class _Splitter:
                     )
                 end, end_ord = n, q.lfs
             else:
-                end, end_ord = _last_boundary(data, 0, n, 0, q)
+                end, end_ord = last_boundary(data, 0, n, 0, q)
                 if end < 0:
                     end, end_ord = 0, 0
             view = memoryview(data)
@@ -622,7 +432,7 @@ class _Splitter:
                 if end - i <= room:
                     cut, cut_ord = end, end_ord
                 else:
-                    cut, cut_ord = _last_boundary(data, i, i + room, i_ord, q)
+                    cut, cut_ord = last_boundary(data, i, i + room, i_ord, q)
                     if cut < 0:
                         if writer.rows:
                             writer.close()
@@ -632,7 +442,7 @@ class _Splitter:
                 if q.los:
                     rows -= q.inside_before(cut_ord) - q.inside_before(i_ord)
                 last_byte = data[cut - 1]
-                if last_byte == _LF:
+                if last_byte == LF:
                     last_line = data_line + cut_ord - 1
                 else:  # only the final record can lack its line break
                     rows += 1
@@ -664,7 +474,7 @@ class _Splitter:
             chunks=writer.chunks,
             rows=total_rows,
             bom_stripped=self.bom_stripped,
-            ends_with_newline=last_byte == _LF,
+            ends_with_newline=last_byte == LF,
         )
 
     def _rewrite_header(self, header: bytes, fields: list[str]) -> bytes:
@@ -680,19 +490,6 @@ class _Splitter:
             f"be imported{hint}",
             line=line,
         )
-
-
-def _normalise_encoding(encoding: str | None) -> str | None:
-    """None for UTF-8 (the native path); a canonical codec name otherwise."""
-    if encoding is None:
-        return None
-    try:
-        name = codecs.lookup(encoding).name
-    except LookupError:
-        raise ConfigError(
-            f"unknown encoding {encoding!r}; use a Python codec name such as cp1252 or latin-1"
-        ) from None
-    return None if name in ("utf-8", "utf-8-sig") else name
 
 
 # --------------------------------------------------------------------------

@@ -108,7 +108,8 @@ def time_split(
 
 
 def child(src: Path, out: Path, max_bytes: int | None, sync: bool) -> None:
-    from dropzone.splitting import DEFAULT_MAX_BYTES, split_file
+    from dropzone.defaults import SPLIT_MAX_BYTES as DEFAULT_MAX_BYTES
+    from dropzone.splitting import split_file
 
     start = time.perf_counter()
     result = split_file(src, out, max_bytes=max_bytes or DEFAULT_MAX_BYTES)
