@@ -17,6 +17,7 @@ nothing.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -77,16 +78,22 @@ class Daemon:
         self.metrics = health.Metrics(clock=clock)
         self.watchdog = notify.Watchdog.from_env()
         self.store = Store(config.state_dir)
+        #: The real path of each configured inbox, outbox and archive, taken at start and on
+        #: reload: a path that later leads elsewhere (a symlink swapped in) is refused.
+        self.pins: dict[Path, str] = {}
         self.intakes: dict[Path, Intake] = {i.path: self._intake(i) for i in config.inboxes}
         #: Inboxes removed by a reload: their files in flight still finish and report there.
         self._retired: dict[Path, Inbox] = {}
         self.prepare = Prepare(
-            self.store, self.inbox_of, config.state_dir, config.split_max_bytes, self.metrics, self._heartbeat
+            self.store, self.inbox_of, config.state_dir, config.split_max_bytes, self.metrics, self._heartbeat,
+            pins=self.pins,
         )
         self.dispatch = Dispatch(
             self.store, client or self._client(config.marketo), config.marketo, self.metrics, self._heartbeat
         )
-        self.report = Report(self.store, self.inbox_of, config.state_dir, self.metrics, self._heartbeat)
+        self.report = Report(
+            self.store, self.inbox_of, config.state_dir, self.metrics, self._heartbeat, pins=self.pins
+        )
         self.last_tick = clock()
 
     @property
@@ -103,7 +110,7 @@ class Daemon:
         )
 
     def _intake(self, inbox: Inbox) -> Intake:
-        return Intake(inbox, self.store, self.hints, heartbeat=self._heartbeat)
+        return Intake(inbox, self.store, self.hints, heartbeat=self._heartbeat, pins=self.pins)
 
     def inbox_of(self, path: Path) -> Inbox | None:
         intake = self.intakes.get(path)
@@ -141,11 +148,19 @@ class Daemon:
         for intake in self.intakes.values():
             intake.prepare_folders()
             intake.start()
+        self._pin_folders()
         self._update_readiness()
         self.metrics.set_ready_inputs(config_loaded=True)
         log.info("daemon_started", inboxes=len(self.intakes), version=__version__)
         notify.ready()
         notify.status(f"watching {len(self.intakes)} inbox(es)")
+
+    def _pin_folders(self) -> None:
+        self.pins.clear()
+        for intake in self.intakes.values():
+            for path in (intake.inbox.path, intake.inbox.outbox, intake.inbox.archive):
+                if path is not None:
+                    self.pins[path] = os.path.realpath(path)
 
     def recover(self) -> None:
         """Put what a crash interrupted back on its way (``jobs.recover_claim``, ``jobs.recovery_action``)."""
@@ -302,6 +317,7 @@ class Daemon:
             if current is not None:
                 current.stop()
             self.intakes[path] = self._intake(inbox)
+            self.intakes[path].prepare_folders()
             self.intakes[path].start()
             self._retired.pop(path, None)
             changes.append(f"inbox {'changed' if current else 'added'}: {path}")
@@ -317,6 +333,7 @@ class Daemon:
             if getattr(new, name) != getattr(self.config, name):
                 changes.append(f"{name} changed (applies after a restart)")
         self.config = new
+        self._pin_folders()  # an operator who moved a folder reloads to say so
         log.info("config_reloaded", changes=changes or ["nothing"])
         notify.ready()
 

@@ -301,6 +301,10 @@ class Dispatch:
     def _poll(self, now: float) -> bool:
         if now < self.pauses.api_until:
             return False
+        if len(self._polls) < self.store.count_chunks(ChunkState.SUBMITTED):
+            # A batch the journal has and this stage lost (an interrupted step): poll it again.
+            for chunk in self.store.chunks([ChunkState.SUBMITTED]):
+                self._polls.setdefault(chunk.id, _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now))
         busy = False
         plans = [jobs.PollPlan(cid, p.batch_id, p.due, p.last_polled) for cid, p in self._polls.items()]
         for chunk_id in jobs.polls_due(plans, now):
@@ -325,7 +329,8 @@ class Dispatch:
         try:
             if row.target is None:
                 raise ValueError("no import target in the journal")
-            status = self.client.status(row.target, int(chunk.batch_id or 0))
+            # No retries inside the call: the poll schedule retries, and the loop is not held meanwhile.
+            status = self.client.status(row.target, int(chunk.batch_id or 0), retry_for=0.0)
         except Interrupted:
             raise
         except Exception as exc:  # noqa: BLE001 - jobs.after_poll decides
@@ -339,12 +344,13 @@ class Dispatch:
                 self.store.record_progress(chunk.id, status=status.status, counts=_counts(status))
             case PollAction.FINISHED if status is not None:
                 self.metrics.poll_succeeded()
-                self._polls.pop(chunk.id, None)
+                # Forgotten only once the journal has it: a journal error leaves it polled again.
                 self.store.finish_batch(chunk.id, status=status.status, message=status.message, counts=_counts(status))
+                self._polls.pop(chunk.id, None)
                 log.info("import_finished", status=status.status, processed=status.processed, failed=status.failed)
             case PollAction.GONE:
-                self._polls.pop(chunk.id, None)
                 self.store.fail_chunk(chunk.id, f"Marketo no longer knows batch {chunk.batch_id}: {error}")
+                self._polls.pop(chunk.id, None)
                 log.warning("batch_gone", error=str(error))
             case PollAction.PAUSE_API:
                 poll.due = now + self.settings.poll_interval
@@ -386,7 +392,7 @@ class Dispatch:
             error: BaseException | None = None
             body = None
             try:
-                body = fetch(row.target, int(chunk.batch_id or 0))
+                body = fetch(row.target, int(chunk.batch_id or 0), retry_for=0.0)
             except Interrupted:
                 raise
             except Exception as exc:  # noqa: BLE001 - jobs.after_fetch decides

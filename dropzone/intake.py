@@ -64,6 +64,10 @@ class Intake:
     heartbeat: Callable[[], None] = lambda: None
     #: Names tracked at once, per kind (temporary names have their own count).
     max_tracked: int = D.TRACKED_PER_INBOX
+    #: The configured folders' real paths at start (``Daemon.pins``).
+    pins: dict[Path, str] = field(default_factory=dict)
+    #: Whether a process holds a path open for writing (None: cannot tell); ``watching``'s by default.
+    open_for_writing: Callable[[Path], bool | None] | None = None
     next_scan: float = 0.0
     tracker: readiness.Tracker = field(init=False)
     watcher: watching.Watcher = field(init=False)
@@ -123,7 +127,7 @@ class Intake:
         if self.watcher.ensure_alive():
             self.next_scan = 0.0
         try:
-            root = safefs.Root.open(self.inbox.path)
+            root = safefs.Root.open(self.inbox.path, pin=self.pins.get(self.inbox.path))
         except OSError as exc:
             log.error("inbox_unreadable", inbox=str(self.inbox.path), error=exc.strerror or str(exc))
             self.next_scan = now + self.inbox.scan_interval
@@ -242,13 +246,15 @@ class Intake:
             return False
         if not self.tracker.is_ready(rel, now, marker=candidate.marker).is_ready:
             return False
-        if watching.is_open_for_writing(self.inbox.path / rel):
+        if (self.open_for_writing or watching.is_open_for_writing)(self.inbox.path / rel):
             self.tracker.observe(rel, size=-1, mtime_ns=0, inode=0, now=now)  # restart the quiet period
             log.info("file_still_open", inbox=str(self.inbox.path), file=rel)
             return False
-        expected = self.tracker.stat_of(rel)
+        # A claim that raised (a trap, our own file seen again) leaves the name tracked: tried
+        # again, told once. Taken, gone or changed, it is forgotten: the next look starts afresh.
+        claimed = self._claim(root, rel, self.tracker.stat_of(rel), candidate)
         self._forget(rel)
-        return self._claim(root, rel, expected, candidate)
+        return claimed
 
     def _claim(
         self, root: safefs.Root, rel: str, expected: readiness.FileStat | None, candidate: _Candidate
@@ -265,6 +271,9 @@ class Intake:
             # Replaced since readiness looked: the next look starts a new quiet period.
             log.info("file_changed_before_claim", inbox=str(inbox.path), file=rel)
             return False
+        if self.store.holds(st.st_dev, st.st_ino):
+            # Our own claimed file, seen again (the processing area renamed by the partner): never twice.
+            raise safefs.UnsafePathError(0, str(inbox.path), rel, "is a file dropzone has already claimed")
         # Flat, unique, short names: no partner name can exceed NAME_MAX with a prefix.
         name = uuid.uuid4().hex
         with root.open_dir(D.PROCESSING_DIRNAME, create=True, private=True) as processing:
@@ -314,5 +323,5 @@ class Intake:
             "detectedAt": utc_now(),
             "dropzoneVersion": __version__,
         }
-        with safefs.Root.open(self.inbox.outbox, create=True) as out:
+        with safefs.Root.open(self.inbox.outbox, create=True, pin=self.pins.get(self.inbox.outbox)) as out:
             out.atomic_write(f"{outbox.fit_name(stale.path)}.abandoned.json", outbox.json_bytes(doc), create_dirs=True)

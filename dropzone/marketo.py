@@ -305,20 +305,28 @@ class MarketoClient:
             not_executed=not_executed,
         )
 
-    def status(self, target: ImportTarget, batch_id: int) -> BatchStatus:
-        """The batch's status; BatchNotFoundError only when Marketo itself says it has no such batch."""
-        where = Where(Endpoint.STATUS, "GET", target.batch_path(batch_id, "status"))
-        return self._call(where, lambda data: parse_batch(data, where, scrub=self._scrub, batch_id=int(batch_id)))
+    def status(self, target: ImportTarget, batch_id: int, *, retry_for: float | None = None) -> BatchStatus:
+        """The batch's status; BatchNotFoundError only when Marketo itself says it has no such batch.
 
-    def failures(self, target: ImportTarget, batch_id: int) -> bytes | None:
+        ``retry_for``: seconds transient errors are retried within this call
+        (``max_retry_seconds`` when None); a caller with its own schedule passes 0.
+        """
+        where = Where(Endpoint.STATUS, "GET", target.batch_path(batch_id, "status"))
+        return self._call(
+            where,
+            lambda data: parse_batch(data, where, scrub=self._scrub, batch_id=int(batch_id)),
+            retry_for=retry_for,
+        )
+
+    def failures(self, target: ImportTarget, batch_id: int, *, retry_for: float | None = None) -> bytes | None:
         """The failure file's bytes, or None when Marketo has no failure rows (404 or empty 200)."""
         where = Where(Endpoint.FAILURES, "GET", target.batch_path(batch_id, "failures"))
-        return self._call(where, _file_or_none, file=True)
+        return self._call(where, _file_or_none, file=True, retry_for=retry_for)
 
-    def warnings(self, target: ImportTarget, batch_id: int) -> bytes | None:
+    def warnings(self, target: ImportTarget, batch_id: int, *, retry_for: float | None = None) -> bytes | None:
         """The warning file's bytes, or None when Marketo has no warning rows (404 or empty 200)."""
         where = Where(Endpoint.WARNINGS, "GET", target.batch_path(batch_id, "warnings"))
-        return self._call(where, _file_or_none, file=True)
+        return self._call(where, _file_or_none, file=True, retry_for=retry_for)
 
     def check_credentials(self) -> None:
         """Fetch a token; raises AuthError on bad credentials. For ``dropzone check``."""
@@ -413,8 +421,9 @@ class MarketoClient:
         file: bool = False,
         before_send: Callable[[], None] | None = None,
         not_executed: Callable[[], None] | None = None,
+        retry_for: float | None = None,
     ) -> T:
-        deadline = self._clock() + self.settings.max_retry_seconds
+        deadline = self._clock() + (self.settings.max_retry_seconds if retry_for is None else retry_for)
         attempt = 0
         auth_retries = 0
         # An upload may take up to the read timeout: its token must outlive it.

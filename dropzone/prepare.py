@@ -21,7 +21,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,6 +79,21 @@ def check_header(relpath: str, route: Route, fields: list[str], notes: list[str]
     return fields
 
 
+class _StillWrittenError(Exception):
+    """The claimed file changed (size or mtime) since its claim, or while it was split."""
+
+    def __init__(self, size: int, mtime_ns: int) -> None:
+        super().__init__(f"changed: {size} bytes")
+        self.size, self.mtime_ns = size, mtime_ns
+
+
+@dataclass(frozen=True, slots=True)
+class _Growing:
+    size: int
+    mtime_ns: int
+    since: float
+
+
 @dataclass
 class Prepare:
     """The prepare stage.
@@ -98,19 +113,40 @@ class Prepare:
     split_max_bytes: int
     metrics: health.Metrics
     heartbeat: Callable[[], None] = lambda: None
+    #: The configured folders' real paths at start (``Daemon.pins``).
+    pins: dict[Path, str] = field(default_factory=dict)
+    #: Claimed files that changed after their claim, by file id: split once they stop changing.
+    _growing: dict[int, _Growing] = field(default_factory=dict)
 
     def run_once(self, now: float) -> bool:
         """Split up to a few claimed files; True when one moved on."""
         busy = False
-        for row in self.store.files([FileState.CLAIMED])[: D.PREPARES_PER_PASS]:
+        rows = [r for r in self.store.files([FileState.CLAIMED]) if self._settled(r, now)]
+        for row in rows[: D.PREPARES_PER_PASS]:
             self.heartbeat()
             with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath):
-                busy |= self._prepare_one(row)
+                busy |= self._prepare_one(row, now)
         return busy
 
-    def _prepare_one(self, row: FileRow) -> bool:
+    def _settled(self, row: FileRow, now: float) -> bool:
+        """False while a file that changed after its claim is within a new quiet period."""
+        growing = self._growing.get(row.id)
+        if growing is None:
+            return True
+        inbox = self.inbox_of(row.inbox)
+        return now >= growing.since + (inbox.quiet_period if inbox else 0.0)
+
+    def _prepare_one(self, row: FileRow, now: float) -> bool:
         try:
             self._split(row)
+        except _StillWrittenError as exc:
+            # A writer that kept its handle open (one we could not see) is still writing into the
+            # claimed file: what was split is thrown away; it is split again once it stops changing.
+            shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
+            if row.id not in self._growing:
+                log.warning("file_changed_after_claim_waiting", bytes=exc.size)
+            self._growing[row.id] = _Growing(exc.size, exc.mtime_ns, since=now)
+            return False
         except InputError as exc:
             log.info("file_rejected", reason=str(exc), line=exc.line)
             self._reject(row, str(exc), exc.line)
@@ -162,14 +198,30 @@ class Prepare:
                 os.fsync(handle.fileno())
 
         notes: list[str] = []
+        growing = self._growing.get(row.id)
+        expected = (growing.size, growing.mtime_ns) if growing else (row.size, None)
         with self._open_original(row) as source:
-            result = splitting.split(
-                source,
-                open_chunk,
-                fmt=match.format,
-                max_bytes=self.split_max_bytes,
-                encoding=match.route.encoding,
-                header_check=lambda fields: check_header(row.relpath, match.route, fields, notes),
+            before = os.fstat(source.fileno())
+            if before.st_size != expected[0] or expected[1] not in (None, before.st_mtime_ns):
+                raise _StillWrittenError(before.st_size, before.st_mtime_ns)
+            try:
+                result = splitting.split(
+                    source,
+                    open_chunk,
+                    fmt=match.format,
+                    max_bytes=self.split_max_bytes,
+                    encoding=match.route.encoding,
+                    header_check=lambda fields: check_header(row.relpath, match.route, fields, notes),
+                )
+            finally:
+                # Also when the split refused it: a half-written last record is no reason to reject.
+                after = os.fstat(source.fileno())
+                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                    raise _StillWrittenError(after.st_size, after.st_mtime_ns)
+        if self._growing.pop(row.id, None) is not None:
+            notes.append(
+                "the file changed after it was claimed (it was still being written): it was imported "
+                "once it had not changed for the quiet period"
             )
         if result.bom_stripped:
             notes.insert(0, "a UTF-8 byte order mark was removed from the header")
@@ -202,7 +254,7 @@ class Prepare:
         expect = (row.dev, row.ino) if row.dev is not None and row.ino is not None else None
         try:
             with (
-                safefs.Root.open(area.parent) as inbox_root,
+                safefs.Root.open(area.parent, pin=self.pins.get(area.parent)) as inbox_root,
                 inbox_root.open_dir(area.name, private=True) as processing,
             ):
                 fd = processing.open_file(name, expect=expect)

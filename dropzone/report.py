@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,8 @@ class Report:
     state_dir: Path
     metrics: health.Metrics
     heartbeat: Callable[[], None] = lambda: None
+    #: The configured folders' real paths at start (``Daemon.pins``).
+    pins: dict[Path, str] = field(default_factory=dict)
 
     def run_once(self, now: float) -> bool:
         busy = self._settle()
@@ -139,7 +141,7 @@ class Report:
     def _deliver(self, row: FileRow, fmt: FileFormat, out_dir: Path, *, trusted: bool) -> None:
         if trusted:
             out_dir.mkdir(parents=True, exist_ok=True)  # ours, below state_dir
-        with safefs.Root.open(out_dir, create=True) as out:
+        with safefs.Root.open(out_dir, create=True, pin=None if trusted else self.pins.get(out_dir)) as out:
             if row.outbox_files is None:
                 stamp = row.received_at.replace("-", "").replace(":", "")
                 exists = out.exists if not trusted else (lambda name: (out_dir / name).exists())
@@ -208,18 +210,25 @@ class Report:
 
     def _archive(self, row: FileRow, inbox: Inbox | None) -> Path | None:
         area, name = row.processing_path.parent, row.processing_path.name
-        with safefs.Root.open(area.parent) as inbox_root, inbox_root.open_dir(area.name, private=True) as processing:
-            if not processing.exists(name):
-                return row.archived_to  # moved before a crash, or gone
-            root = (inbox.archive if inbox and inbox.archive else None) or self.state_dir / "archive"
-            folder, _, base = row.relpath.rpartition("/")
-            sub = "/".join(
-                p for p in ("failed" if row.outcome in (Outcome.REJECTED, Outcome.FAILED) else "",
-                            row.received_at[:10].replace("-", "/"), folder) if p
-            )
-            with safefs.Root.open(root, create=True) as archive_root, archive_root.open_dir(
-                sub, create=True, private=True
-            ) as day:
+        root = (inbox.archive if inbox and inbox.archive else None) or self.state_dir / "archive"
+        folder, _, base = row.relpath.rpartition("/")
+        failed = "failed" if row.outcome in (Outcome.REJECTED, Outcome.FAILED) else ""
+        sub = "/".join(p for p in (failed, row.received_at[:10].replace("-", "/"), folder) if p)
+        inbox_root = safefs.Root.open(area.parent, pin=self.pins.get(area.parent))
+        try:
+            processing = inbox_root.open_dir(area.name, private=True)
+        except FileNotFoundError:
+            processing = None
+        if processing is None or not processing.exists(name):
+            if row.archived_to is None:
+                # Not moved by us: the processing area (or the file) was removed under us.
+                log.warning("original_missing_from_processing_area", processing=str(area))
+            if processing is not None:
+                processing.close()
+            inbox_root.close()
+            return row.archived_to  # moved before a crash, or gone
+        with inbox_root, processing, safefs.Root.open(root, create=True, pin=self.pins.get(root)) as archive_root:
+            with archive_root.open_dir(sub, create=True, private=True) as day:
                 # The partner's own name; shortened (with a hash) only where a suffix must fit.
                 target = base if not day.exists(base) else f"{outbox.fit_name(base)}.{row.id}"
                 self.store.set_archive_target(row.id, root / sub / target)

@@ -179,14 +179,39 @@ class Root:
     # -- lifetime
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, create: bool = False, mode: int = 0o750) -> Root:
+    def open(
+        cls, path: str | os.PathLike[str], *, create: bool = False, mode: int = 0o750, pin: str | None = None
+    ) -> Root:
         """Open the configured folder ``path``, following any symlink in the operator's path.
 
         With ``create``, a missing folder whose parent exists is made (only
         that last component, like Camel's ``autoCreate``) with ``mode``, less
-        the process umask. A missing parent raises FileNotFoundError.
+        the process umask. A missing parent raises FileNotFoundError. With
+        ``pin`` (the folder's real path at start), a path that now leads
+        elsewhere (a symlink put in its place by whoever can write its
+        parent) is refused with UnsafePathError; the same folder made anew
+        at the same place is accepted.
         """
-        path = Path(path)
+        root = cls._open(Path(path), create=create, mode=mode)
+        if pin is not None:
+            opened = os.fstat(root.fileno())
+            try:
+                there = os.stat(pin)
+            except OSError:
+                there = None
+            if os.path.realpath(path) != pin or there is None or (there.st_dev, there.st_ino) != (
+                opened.st_dev, opened.st_ino
+            ):
+                root.close()
+                raise UnsafePathError(
+                    errno.ESTALE, "", str(path),
+                    f"now leads somewhere else than {pin} (a symlink put in its place?); "
+                    "if an operator did this, reload dropzone (SIGHUP)",
+                )
+        return root
+
+    @classmethod
+    def _open(cls, path: Path, *, create: bool, mode: int) -> Root:
         if "\0" in str(path):
             raise UnsafePathError(errno.EINVAL, "", str(path), "NUL character in a configured path")
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC

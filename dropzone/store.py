@@ -417,6 +417,11 @@ class Store:
             sql = f"SELECT * FROM ({sql.replace(' ORDER BY id', ' ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY id"  # noqa: S608 - our query, values bound, limit an int
         return [_file_row(r) for r in self._db.execute(sql, args)]
 
+    def holds(self, dev: int, ino: int) -> bool:
+        """Whether a file in flight (claimed, not yet done) is this device and inode."""
+        sql = "SELECT 1 FROM files WHERE dev=? AND ino=? AND state!=? LIMIT 1"
+        return self._db.execute(sql, (dev, ino, FileState.DONE.value)).fetchone() is not None
+
     def has_files(self, states: Iterable[FileState]) -> bool:
         wanted = list(states)
         sql = f"SELECT 1 FROM files WHERE state IN ({','.join('?' * len(wanted))}) LIMIT 1"  # noqa: S608
@@ -487,6 +492,9 @@ class Store:
         with self.transaction() as db:
             self._move(db, "chunks", chunk_id, ChunkState.ERROR)
             db.execute("UPDATE chunks SET error=? WHERE id=?", (_text(error), chunk_id))
+
+    def count_chunks(self, state: ChunkState) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM chunks WHERE state=?", (state.value,)).fetchone()[0])
 
     def chunk(self, chunk_id: int) -> ChunkRow:
         row = self._db.execute("SELECT * FROM chunks WHERE id=?", (chunk_id,)).fetchone()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import queue
 import sqlite3
 from collections.abc import Iterator
@@ -51,7 +52,10 @@ def intake_of(inbox: Inbox, store: Store) -> Intake:
 def claim(inbox: Inbox, store: Store, name: str, data: bytes) -> int:
     """Drop a file and run intake until it is claimed; returns the file id."""
     (inbox.path / name).write_bytes(data)
-    intake = intake_of(inbox, store)
+    return claim_with(intake_of(inbox, store), store, name)
+
+
+def claim_with(intake: Intake, store: Store, name: str) -> int:
     assert intake.run_once(0.0) is False  # first sight: the quiet period starts
     intake.rescan_now()
     assert intake.run_once(QUIET + 0.01) is True
@@ -184,16 +188,16 @@ class FakeClient:
             raise answer
         return answer
 
-    def status(self, target, batch_id):
+    def status(self, target, batch_id, retry_for=None):
         answer = self.status_answers.pop(0)
         if isinstance(answer, BaseException):
             raise answer
         return answer
 
-    def failures(self, target, batch_id):
+    def failures(self, target, batch_id, retry_for=None):
         return None
 
-    def warnings(self, target, batch_id):
+    def warnings(self, target, batch_id, retry_for=None):
         return None
 
     def close(self) -> None:
@@ -355,3 +359,87 @@ class TestOneItemNeverStopsTheRest:
         dispatch.run_once(11.0)
         [chunk] = store.chunks_of(file_id)
         assert (chunk.state, chunk.batch_id, client.submits) == (ChunkState.SUBMITTED, 7, 1)
+
+
+class TestSecondRound:
+    """What a second hostile review found, each its own regression test."""
+
+    def test_rows_written_after_the_claim_are_waited_for_not_lost(self, config, inbox, store):
+        """A writer we cannot see keeps its handle and writes after the claim: split only once it stops."""
+        path = inbox.path / "leads_grow.csv"
+        handle = open(path, "ab")  # noqa: SIM115 - held across the claim on purpose
+        try:
+            handle.write(b"email\nr1@example.com\n")
+            handle.flush()
+            intake = intake_of(inbox, store)
+            intake.open_for_writing = lambda path: None  # as in a container: other processes are invisible
+            file_id = claim_with(intake, store, "leads_grow.csv")
+            handle.write(b"r2@example.com\n")
+            handle.flush()
+            prepare = TestPrepare().prepare(config, store)
+            assert prepare.run_once(1.0) is False  # changed since the claim: waits
+            assert store.file(file_id).state is FileState.CLAIMED
+            handle.write(b"r3@example.com\n")
+            handle.flush()
+            assert prepare.run_once(1.0 + QUIET + 0.01) is False  # changed again: waits again
+        finally:
+            handle.close()
+        last_seen_changed = 1.0 + QUIET + 0.01
+        assert prepare.run_once(last_seen_changed + QUIET / 2) is False  # its new quiet period is not over
+        assert prepare.run_once(last_seen_changed + QUIET + 0.01) is True
+        row = store.file(file_id)
+        assert (row.state, row.rows) == (FileState.SPLIT, 3)
+        assert any("changed after it was claimed" in n for n in row.notes)
+
+    def test_a_renamed_processing_area_is_never_claimed_again(self, config, inbox, store):
+        file_id = claim(inbox, store, "leads_a.csv", b"email\na@example.com\n")
+        (inbox.path / ".processing").rename(inbox.path / "stolen")
+        intake = intake_of(inbox, store)
+        intake.run_once(5.0)
+        intake.rescan_now()
+        assert intake.run_once(5.0 + QUIET + 0.01) is False
+        assert [r.id for r in store.files()] == [file_id]
+
+    def test_a_removed_processing_area_ends_in_one_report_not_a_retry_loop(self, config, inbox, store):
+        file_id = claim(inbox, store, "leads_a.csv", b"email\n")  # header only: Rejected
+        TestPrepare().prepare(config, store).run_once(1.0)
+        for entry in (inbox.path / ".processing").iterdir():
+            entry.unlink()
+        (inbox.path / ".processing").rmdir()
+        report = Report(store, {inbox.path: inbox}.get, config.state_dir, health.Metrics())
+        assert report.run_once(2.0) is True
+        assert store.file(file_id).state is FileState.DONE
+        assert json.loads((inbox.outbox / "leads_a.csv.status.json").read_text())["status"] == "Rejected"
+
+    def test_an_outbox_swapped_after_start_is_never_written(self, tmp_path, config, inbox, store):
+        """Whoever can write the outbox's parent swaps it for a link to bob's: results kept aside."""
+        pins = {inbox.outbox: os.path.realpath(inbox.outbox)}
+        file_id = claim(inbox, store, "leads_a.csv", b"email\n")
+        TestPrepare().prepare(config, store).run_once(1.0)
+        bob = tmp_path / "bob_outbox"
+        bob.mkdir()
+        inbox.outbox.rename(tmp_path / "outbox.orig")
+        inbox.outbox.symlink_to(bob)
+        report = Report(store, {inbox.path: inbox}.get, config.state_dir, health.Metrics(), pins=pins)
+        report.run_once(2.0)
+        assert list(bob.iterdir()) == []
+        assert (config.state_dir / "undeliverable" / str(file_id) / "leads_a.csv.status.json").exists()
+
+    def test_a_finished_batch_the_journal_could_not_record_is_polled_again(self, config, inbox, store):
+        file_id = TestDispatch().split_file(config, inbox, store)
+        done = BatchStatus(batch_id=7, status="Complete", processed=1, failed=0, warned=0)
+        client = FakeClient(submit=[BatchStatus(batch_id=7, status="Queued")], status=[done, done])
+        dispatch = TestDispatch().dispatch(config, store, client)
+        dispatch.run_once(10.0)
+        real, failures = store.finish_batch, [sqlite3.OperationalError("database is locked")]
+
+        def flaky(*args, **kwargs):
+            if failures:
+                raise failures.pop()
+            return real(*args, **kwargs)
+
+        store.finish_batch = flaky  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            dispatch.run_once(20.0)  # the pass ends; the loop logs and goes on
+        dispatch.run_once(40.0)
+        assert store.chunks_of(file_id)[0].state is ChunkState.DONE
