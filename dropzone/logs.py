@@ -104,3 +104,5 @@ def configure(*, json: bool | None = None, level: str = "info", stream: Any = No
     root.setLevel(level.upper())
     # urllib3 logs every request line at DEBUG, query string included.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+    # watchdog logs every inotify event at DEBUG: a busy inbox would drown the daemon's own lines.
+    logging.getLogger("watchdog").setLevel(max(logging.INFO, root.level))

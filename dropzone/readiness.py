@@ -103,14 +103,11 @@ class Readiness(enum.StrEnum):
 class Verdict:
     """The answer to "may this file be claimed now?".
 
-    ``reason`` is a sentence for logs and ``dropzone explain``. ``recheck_at``
-    is the daemon-clock time at which asking again could give another answer,
-    when that is known (it is not for "open for writing" or a missing marker).
+    ``reason`` is a sentence for logs and ``dropzone explain``.
     """
 
     readiness: Readiness
     reason: str
-    recheck_at: float | None = None
 
     @property
     def is_ready(self) -> bool:
@@ -288,7 +285,7 @@ class Tracker:
             return Verdict(readiness=Readiness.IGNORED, reason="ignored name (hidden, temporary or marker file)")
         seen = self._seen.get(path)
         if seen is None:
-            return Verdict(readiness=Readiness.WAITING, reason="not looked at yet", recheck_at=now)
+            return Verdict(readiness=Readiness.WAITING, reason="not looked at yet")
         if seen.open_for_write:
             return Verdict(readiness=Readiness.WAITING, reason="open for writing")
         if marker is not None and seen.marker_present is not True:
@@ -306,7 +303,6 @@ class Tracker:
             return Verdict(
                 readiness=Readiness.WAITING,
                 reason=f"changed {_seconds(now - seen.first_seen)} ago, quiet period {_seconds(self.quiet_period)}",
-                recheck_at=ready_at,
             )
         # The quiet period has passed on the clock, but the last look came
         # before it ended: the file may have changed since. Look again.
@@ -314,7 +310,6 @@ class Tracker:
             readiness=Readiness.WAITING,
             reason=f"unchanged for {_seconds(seen.last_seen - seen.first_seen)} when last looked at, "
             f"quiet period {_seconds(self.quiet_period)}: needs another look",
-            recheck_at=now,
         )
 
     def take_stale(self, now: float, *, after: float, limit: int | None = None) -> list[StaleUpload]:

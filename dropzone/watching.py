@@ -13,9 +13,6 @@ import contextlib
 import logging
 import os
 import queue
-import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -71,46 +68,6 @@ def use_polling(mode: str, path: Path) -> bool:
         return False
     fs_type = filesystem_type(path)
     return fs_type in NETWORK_FS or fs_type.startswith("fuse")
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One thing found in an inbox by a scan."""
-
-    relpath: str
-    size: int
-    mtime_ns: int
-    inode: int
-    regular: bool  # False: a symlink, FIFO, socket or device, which is never imported
-
-
-def scan(inbox: Path) -> Iterator[Entry]:
-    """Everything below ``inbox``, without following symlinks and skipping hidden folders.
-
-    Hidden folders hold our own processing area and the temporary folders of
-    upload tools; hidden files are yielded (readiness ignores them) so stale
-    partial uploads can be reported.
-    """
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        try:
-            with os.scandir(inbox / rel_dir if rel_dir else inbox) as it:
-                entries = list(it)
-        except OSError as exc:
-            log.warning("scan_failed", inbox=str(inbox), folder=rel_dir, error=exc.strerror)
-            continue
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # gone between listing and stat
-            if stat.S_ISDIR(st.st_mode):
-                if not entry.name.startswith("."):
-                    stack.append(rel)
-                continue
-            yield Entry(rel, st.st_size, st.st_mtime_ns, st.st_ino, stat.S_ISREG(st.st_mode))
 
 
 def is_open_for_writing(path: Path) -> bool | None:
@@ -183,7 +140,6 @@ class Watcher:
         self.hints = hints
         self.polling = polling
         self._observer: BaseObserver | None = None
-        self.restarts = 0
 
     def start(self) -> None:
         if self.polling:
@@ -219,7 +175,6 @@ class Watcher:
             return False
         log.error("watcher_died_restarting", inbox=str(self.inbox))
         self.stop()
-        self.restarts += 1
         self.start()
         return True
 

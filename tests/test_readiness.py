@@ -77,7 +77,6 @@ class TestQuietPeriod:
         verdict = t.is_ready("a.csv", 104.0)
         assert verdict.readiness is Readiness.WAITING
         assert verdict.reason == "changed 4 s ago, quiet period 10 s"
-        assert verdict.recheck_at == 110.0
 
     def test_two_equal_looks_spanning_the_quiet_period_make_it_ready(self) -> None:
         """Unchanged (size, mtime, inode) across the quiet period on the daemon's clock means ready."""
@@ -94,7 +93,6 @@ class TestQuietPeriod:
         verdict = t.is_ready("a.csv", 130.0)
         assert verdict.readiness is Readiness.WAITING
         assert "needs another look" in verdict.reason
-        assert verdict.recheck_at == 130.0
 
     def test_growth_restarts_the_wait(self) -> None:
         """A new size restarts the quiet period from the look that saw it."""
@@ -104,7 +102,6 @@ class TestQuietPeriod:
         look(t, now=112.0, size=200)
         verdict = t.is_ready("a.csv", 112.0)
         assert not verdict.is_ready
-        assert verdict.recheck_at == 118.0
 
     def test_a_replaced_file_restarts_the_wait(self) -> None:
         """A new inode with the same size and mtime is a different file: the wait starts over."""
