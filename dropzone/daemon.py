@@ -17,7 +17,6 @@ nothing.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -26,15 +25,16 @@ from pathlib import Path
 
 import structlog
 
-from dropzone import __version__, health, jobs, notify, safefs
+from dropzone import __version__, health, notify
 from dropzone import defaults as D
+from dropzone import intake as intake_module
 from dropzone.config import Config, Inbox, MarketoSettings
 from dropzone.dispatch import Dispatch
-from dropzone.errors import ConfigError, DropzoneError, Interrupted
+from dropzone.errors import DropzoneError, Interrupted
 from dropzone.intake import Intake
 from dropzone.jobs import ChunkState, FileState
 from dropzone.marketo import MarketoClient
-from dropzone.preflight import check_paths
+from dropzone.preflight import reloadable
 from dropzone.prepare import Prepare
 from dropzone.report import Report
 from dropzone.store import Store
@@ -83,7 +83,7 @@ class Daemon:
         self.pins: dict[Path, str] = {}
         self.intakes: dict[Path, Intake] = {i.path: self._intake(i) for i in config.inboxes}
         #: Inboxes removed by a reload: their files in flight still finish and report there.
-        self._retired: dict[Path, Inbox] = {}
+        self._retired: dict[Path, Intake] = {}
         self.prepare = Prepare(
             self.store, self.inbox_of, config.state_dir, config.split_max_bytes, self.metrics, self._heartbeat,
             pins=self.pins,
@@ -113,8 +113,8 @@ class Daemon:
         return Intake(inbox, self.store, self.hints, heartbeat=self._heartbeat, pins=self.pins)
 
     def inbox_of(self, path: Path) -> Inbox | None:
-        intake = self.intakes.get(path)
-        return intake.inbox if intake else self._retired.get(path)
+        intake = self.intakes.get(path) or self._retired.get(path)
+        return intake.inbox if intake else None
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -157,25 +157,11 @@ class Daemon:
 
     def _pin_folders(self) -> None:
         self.pins.clear()
-        for intake in self.intakes.values():
-            for path in (intake.inbox.path, intake.inbox.outbox, intake.inbox.archive):
-                if path is not None:
-                    self.pins[path] = os.path.realpath(path)
+        self.pins.update(intake_module.pins_of(i.inbox for i in self.intakes.values()))
 
     def recover(self) -> None:
-        """Put what a crash interrupted back on its way (``jobs.recover_claim``, ``jobs.recovery_action``)."""
-        for row in self.store.files([FileState.CLAIMING]):
-            area, name = row.processing_path.parent, row.processing_path.name
-            try:
-                with safefs.Root.open(area.parent) as inbox, inbox.open_dir(area.name, private=True) as processing:
-                    there = processing.exists(name)
-            except OSError:
-                there = False
-            match jobs.recover_claim(there):
-                case jobs.ClaimRecovery.CONFIRM:
-                    self.store.confirm_claim(row.id)
-                case jobs.ClaimRecovery.FORGET:
-                    self.store.forget_claim(row.id)
+        """Put what a crash interrupted back on its way: claims first, then chunks."""
+        intake_module.recover_claims(self.store)
         self.dispatch.recover(self.clock())
 
     def _update_readiness(self) -> None:
@@ -210,24 +196,6 @@ class Daemon:
             log.info("daemon_stopping")
             self.close()
 
-    def run_until_idle(self, timeout: float = 60.0) -> None:
-        """Tests: run passes until nothing is in flight or waiting, or fail at the deadline."""
-        deadline = time.monotonic() + timeout
-        for intake in self.intakes.values():
-            intake.rescan_now()  # burst mode starts from what is on disk now
-        while time.monotonic() < deadline:
-            busy = self.run_once()
-            if not busy and self.is_idle():
-                return
-            if not busy:
-                self.idle()
-        raise TimeoutError(f"dropzone was still busy after {timeout} s")
-
-    def is_idle(self) -> bool:
-        now = self.clock()
-        waiting = any(i.waiting(now)[0] for i in self.intakes.values())
-        return not waiting and not self.store.has_files(IN_FLIGHT)
-
     def idle(self) -> None:
         """Wait until a hint arrives, a poll is due, or ``max_idle`` has passed."""
         self._heartbeat()
@@ -242,6 +210,15 @@ class Daemon:
         self.hints.put(hint)
 
     # ---- one pass ---------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        """Nothing waiting to become ready, nothing in flight."""
+        now = self.clock()
+        return not any(i.waiting(now)[0] for i in self.intakes.values()) and not self.store.has_files(IN_FLIGHT)
+
+    def rescan_now(self) -> None:
+        for intake in self.intakes.values():
+            intake.rescan_now()
 
     def run_once(self) -> bool:
         """One pass of every stage; True when something was done."""
@@ -290,25 +267,17 @@ class Daemon:
         self.reload_requested.clear()
         notify.reloading()
         try:
-            if self._reload_config is None:
-                raise ConfigError("this daemon was started without a configuration file to reload")
-            new = self._reload_config()
-            if new.state_dir != self.config.state_dir:
-                raise ConfigError(f"{new.source}: state_dir: cannot change on reload; restart dropzone to move it")
-            problems = check_paths(new)
-            if problems:
-                raise ConfigError("; ".join(problems))
+            new = reloadable(self._reload_config, self.config)
         except DropzoneError as exc:
             log.error("reload_refused_keeping_old_config", error=str(exc))
             notify.ready()
             return
         changes: list[str] = []
         wanted = {i.path: i for i in new.inboxes}
-        for path in list(self.intakes):
-            if path not in wanted:
-                self.intakes.pop(path).stop()
-                self._retired[path] = self.config.inboxes[[i.path for i in self.config.inboxes].index(path)]
-                changes.append(f"inbox removed: {path}")
+        for path in [p for p in self.intakes if p not in wanted]:
+            retired = self._retired[path] = self.intakes.pop(path)
+            retired.stop()
+            changes.append(f"inbox removed: {path}")
         for path, inbox in wanted.items():
             current = self.intakes.get(path)
             if current is not None and current.inbox == inbox:

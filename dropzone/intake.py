@@ -20,21 +20,49 @@ import os
 import queue
 import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from dropzone import __version__, outbox, readiness, routing, safefs, watching
+from dropzone import __version__, jobs, outbox, readiness, routing, safefs, watching
 from dropzone import defaults as D
 from dropzone.config import Inbox
+from dropzone.jobs import FileState
 from dropzone.store import Store, utc_now
 
 log = structlog.get_logger("dropzone.intake")
 
 #: Suffix of a consumed marker in the processing area; it is archived with its file.
 MARKER_SUFFIX_IN_PROCESSING = ".marker"
+
+
+def recover_claims(store: Store) -> None:
+    """Start-up: a claim a crash left half made is confirmed, or forgotten (``jobs.recover_claim``)."""
+    for row in store.files([FileState.CLAIMING]):
+        area, name = row.processing_path.parent, row.processing_path.name
+        try:
+            with safefs.Root.open(area.parent) as inbox, inbox.open_dir(area.name, private=True) as processing:
+                there = processing.exists(name)
+        except OSError:
+            there = False
+        match jobs.recover_claim(there):
+            case jobs.ClaimRecovery.CONFIRM:
+                store.confirm_claim(row.id)
+            case jobs.ClaimRecovery.FORGET:
+                # The rename never happened: the file is still in the inbox (found again) or gone.
+                store.forget_claim(row.id)
+
+
+def pins_of(inboxes: Iterable[Inbox]) -> dict[Path, str]:
+    """The real path of each configured inbox, outbox and archive: what ``Root.open(pin=…)`` holds them to."""
+    return {
+        path: os.path.realpath(path)
+        for inbox in inboxes
+        for path in (inbox.path, inbox.outbox, inbox.archive)
+        if path is not None
+    }
 
 
 @dataclass(slots=True)

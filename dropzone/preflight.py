@@ -11,10 +11,25 @@ them all. Does not own: parsing or the checks that need no filesystem
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from dropzone.config import Config
+from dropzone.errors import ConfigError
 from dropzone.schema import join, os_problem
+
+
+def reloadable(load: Callable[[], Config] | None, current: Config) -> Config:
+    """The configuration a reload would swap in, or ConfigError saying why it cannot."""
+    if load is None:
+        raise ConfigError("this daemon was started without a configuration file to reload")
+    new = load()
+    if new.state_dir != current.state_dir:
+        raise ConfigError(f"{new.source}: state_dir: cannot change on reload; restart dropzone to move it")
+    problems = check_paths(new)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return new
 
 
 def check_paths(config: Config) -> list[str]:

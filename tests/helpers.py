@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,16 @@ def archived(tmp_path: Path) -> list[Path]:
     return sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file())
 
 
+
+
+def run_until_idle(daemon: Daemon, timeout: float = 60.0) -> None:
+    """Run passes until nothing is in flight or waiting, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    daemon.rescan_now()  # burst mode starts from what is on disk now
+    while time.monotonic() < deadline:
+        busy = daemon.run_once()
+        if not busy and daemon.is_idle():
+            return
+        if not busy:
+            daemon.idle()
+    raise TimeoutError(f"dropzone was still busy after {timeout} s")

@@ -16,7 +16,7 @@ from dropzone.daemon import Daemon
 from dropzone.jobs import ChunkState, FileState
 from dropzone.simulator import Simulator
 from tests.conftest import wait_until
-from tests.helpers import archived, daemons, drop, make_config, status_of
+from tests.helpers import archived, daemons, drop, make_config, run_until_idle, status_of
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ class TestImports:
         daemon = daemon_factory()
         text = 'email,firstName\nann@example.com,Ann\nbob@example.com,"Bob\nJr."\n'
         drop(tmp_path, "leads_1.csv", text)
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         status = status_of(tmp_path, "leads_1.csv")
         assert status["status"] == "Complete"
         assert (status["rowsTotal"], status["rowsProcessed"], status["rowsFailed"]) == (2, 2, 0)
@@ -49,7 +49,7 @@ class TestImports:
         daemon = daemon_factory()
         text = 'email,firstName\nann@example.com,"Ann\nMarie"\n,NoEmail\nbob@example.com,Bob\n'
         drop(tmp_path, "leads_2.csv", text)
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         status = status_of(tmp_path, "leads_2.csv")
         assert status["status"] == "Partial"
         assert (status["rowsProcessed"], status["rowsFailed"]) == (2, 1)
@@ -62,7 +62,7 @@ class TestImports:
         """An invalid email is a warning: the row is imported and reported in the warnings file."""
         daemon = daemon_factory()
         drop(tmp_path, "members.ssv", "email;firstName\nann@example.com;Ann\nnope;Bob\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         status = status_of(tmp_path, "members.ssv")
         assert status["status"] == "Complete"
         assert (status["rowsProcessed"], status["rowsWithWarning"]) == (2, 1)
@@ -73,7 +73,7 @@ class TestImports:
     def test_custom_objects_tsv(self, tmp_path, simulator, daemon_factory):
         daemon = daemon_factory()
         drop(tmp_path, "cars_1.tsv", "color\tmake\tmodel\tvin\nred\tbmw\t2002\tWBA4R7C55HK895912\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "cars_1.tsv")["status"] == "Complete"
         assert simulator.submissions()[0]["kind"] == "customobject"
 
@@ -82,7 +82,7 @@ class TestImports:
         daemon = daemon_factory(extra="split_max_bytes: 4000")
         rows = [f'u{i}@example.com,"Name {i}\nline two"' for i in range(400)]
         drop(tmp_path, "leads_big.csv", "email,firstName\n" + "\n".join(rows) + "\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         status = status_of(tmp_path, "leads_big.csv")
         assert status["status"] == "Complete"
         assert len(status["batches"]) == len(simulator.submissions()) > 3
@@ -96,7 +96,7 @@ class TestImports:
     def test_files_in_subfolders_keep_their_relative_path(self, tmp_path, simulator, daemon_factory):
         daemon = daemon_factory()
         drop(tmp_path, "acme/leads_3.csv", "email\nann@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "acme/leads_3.csv")["status"] == "Complete"
 
 
@@ -106,7 +106,7 @@ class TestRejections:
         the original is kept."""
         daemon = daemon_factory()
         drop(tmp_path, "report.xlsx", b"PK\x03\x04binary")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         status = status_of(tmp_path, "report.xlsx")
         assert status["status"] == "Rejected"
         assert "leads_*.csv" in status["error"]["message"]
@@ -130,7 +130,7 @@ class TestRejections:
         daemon = daemon_factory()
         original = data.encode() if isinstance(data, str) else data
         drop(tmp_path, name, original)
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         status = status_of(tmp_path, name)
         assert status["status"] == "Rejected"
         assert words.lower() in status["error"]["message"].lower()
@@ -144,7 +144,7 @@ class TestRejections:
         """With trim_header, the seeds' ' vin' header is sent as 'vin' and the rows import."""
         daemon = daemon_factory()
         drop(tmp_path, "cars_2.csv", "color, make,model, vin\nred,bmw,2002,WBA4R7C55HK895912\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         status = status_of(tmp_path, "cars_2.csv")
         assert status["status"] == "Complete"
         assert simulator.submissions()[0]["header"] == ["color", "make", "model", "vin"]
@@ -152,7 +152,7 @@ class TestRejections:
     def test_bom_is_stripped(self, tmp_path, simulator, daemon_factory):
         daemon = daemon_factory()
         drop(tmp_path, "leads_bom.csv", "\ufeffemail\nann@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_bom.csv")["status"] == "Complete"
         assert simulator.submissions()[0]["header"] == ["email"]
 
@@ -162,10 +162,10 @@ class TestOutbox:
         """The second file of the same name gets stamped result names; the first results stay as they were."""
         daemon = daemon_factory()
         drop(tmp_path, "leads_r.csv", "email\nann@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         first = (tmp_path / "outbox" / "leads_r.csv.status.json").read_bytes()
         drop(tmp_path, "leads_r.csv", "email\nbob@example.com\ncid@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert (tmp_path / "outbox" / "leads_r.csv.status.json").read_bytes() == first
         stamped = [
             p for p in (tmp_path / "outbox").iterdir()
@@ -178,7 +178,7 @@ class TestOutbox:
     def test_no_temporary_files_are_left_in_the_outbox(self, tmp_path, simulator, daemon_factory):
         daemon = daemon_factory()
         drop(tmp_path, "leads_t.csv", "email\n,\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert not [p for p in (tmp_path / "outbox").iterdir() if p.name.startswith(".")]
 
 
@@ -198,7 +198,7 @@ class TestReadiness:
         part = drop(tmp_path, "leads_w.csv.filepart", "email\nann@example.com\n")
         daemon.run_once()
         part.rename(part.with_name("leads_w.csv"))
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_w.csv")["status"] == "Complete"
 
     def test_a_growing_file_is_not_taken(self, tmp_path, simulator, daemon_factory):
@@ -212,7 +212,7 @@ class TestReadiness:
                 os.utime(path)
                 daemon.run_once()
                 assert simulator.submissions() == []
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_g.csv")["rowsTotal"] == 10
 
 
@@ -227,7 +227,7 @@ class TestMarketoTrouble:
             daemon.start()
             try:
                 drop(tmp_path, "leads_q.csv", "email\nann@example.com\n")
-                daemon.run_until_idle(timeout=30)
+                run_until_idle(daemon, timeout=30)
             finally:
                 daemon.close()
             assert status_of(tmp_path, "leads_q.csv")["status"] == "Complete"
@@ -241,7 +241,7 @@ class TestMarketoTrouble:
         simulator.inject("608", endpoint="status")
         simulator.expire_token()
         drop(tmp_path, "leads_f.csv", "email\nann@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_f.csv")["status"] == "Complete"
         assert len(simulator.submissions()) == 1
 
@@ -250,7 +250,7 @@ class TestMarketoTrouble:
         daemon = daemon_factory()
         simulator.inject("reset", endpoint="import")
         drop(tmp_path, "leads_l.csv", "email\nann@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         status = status_of(tmp_path, "leads_l.csv")
         assert status["status"] == "Complete"
         assert len(simulator.submissions()) == 2
@@ -270,7 +270,7 @@ class TestRecovery:
         daemon.store.mark_submitting(chunk.id)
         daemon.close()
         again = daemon_factory()
-        again.run_until_idle()
+        run_until_idle(again)
         status = status_of(tmp_path, "leads_c.csv")
         assert status["status"] == "Complete"
         assert status["batches"][0]["resubmitted"] == 1
@@ -286,7 +286,7 @@ class TestRecovery:
             again = Daemon(make_config(tmp_path, sim.base_url))
             again.start()
             try:
-                again.run_until_idle()
+                run_until_idle(again)
             finally:
                 again.close()
             assert status_of(tmp_path, "leads_p.csv")["status"] == "Complete"
@@ -302,7 +302,7 @@ class TestRecovery:
     def test_journal_records_final_state(self, tmp_path, simulator, daemon_factory):
         daemon = daemon_factory()
         drop(tmp_path, "leads_j.csv", "email\nann@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         [row] = daemon.store.files()
         assert row.state is FileState.DONE and row.outcome == "Complete"
 
@@ -327,7 +327,7 @@ class TestHostileInbox:
             assert path.stat().st_ino == stat_before.st_ino
         finally:
             handle.close()
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_open.csv")["status"] == "Complete"
 
     def test_symlinks_and_fifos_are_never_followed_and_the_daemon_goes_on(self, tmp_path, simulator, daemon_factory):
@@ -339,7 +339,7 @@ class TestHostileInbox:
         os.mkfifo(tmp_path / "inbox" / "leads_fifo.csv")
         (tmp_path / "inbox" / "leads_dir.csv").mkdir()
         drop(tmp_path, "leads_ok.csv", "email\nann@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_ok.csv")["status"] == "Complete"
         assert [r["row"]["email"] for r in simulator.imported_rows()] == ["ann@example.com"]
         assert (tmp_path / "inbox" / "leads_link.csv").is_symlink()
@@ -351,7 +351,7 @@ class TestHostileInbox:
         daemon.run_once()
         path.unlink()
         drop(tmp_path, "leads_next.csv", "email\nbob@example.com\n")
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_next.csv")["status"] == "Complete"
         assert not (tmp_path / "outbox" / "leads_gone.csv.status.json").exists()
 
@@ -362,10 +362,10 @@ class TestHostileInbox:
         try:
             drop(tmp_path, "leads_ro.csv", "email\nann@example.com\n")
             with pytest.raises(TimeoutError):
-                daemon.run_until_idle(timeout=3)
+                run_until_idle(daemon, timeout=3)
         finally:
             (tmp_path / "outbox").chmod(0o700)
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_ro.csv")["status"] == "Complete"
 
     def test_outbox_replaced_by_a_file_keeps_the_original_and_recovers(self, tmp_path, simulator, daemon_factory):
@@ -375,12 +375,12 @@ class TestHostileInbox:
         (tmp_path / "outbox").write_text("not a folder")
         drop(tmp_path, "leads_ob.csv", "email\nann@example.com\n")
         with pytest.raises(TimeoutError):
-            daemon.run_until_idle(timeout=3)
+            run_until_idle(daemon, timeout=3)
         [row] = daemon.store.files()
         assert row.state is FileState.FINISHING and row.processing_path.exists()
         (tmp_path / "outbox").unlink()
         (tmp_path / "outbox").mkdir()
-        daemon.run_until_idle()
+        run_until_idle(daemon)
         assert status_of(tmp_path, "leads_ob.csv")["status"] == "Complete"
 
 
@@ -391,7 +391,7 @@ class TestBigFile:
         lines = [f'big{i}@example.com,"Line one {i}\nline two, ""quoted""",X{i % 7}\n' for i in range(rows)]
         drop(tmp_path, "leads_30mb.csv", "email,firstName,lastName\n" + "".join(lines))
         assert (tmp_path / "inbox" / "leads_30mb.csv").stat().st_size > 10_000_000
-        daemon.run_until_idle(timeout=120)
+        run_until_idle(daemon, timeout=120)
         status = status_of(tmp_path, "leads_30mb.csv")
         assert status["status"] == "Complete" and status["rowsProcessed"] == rows
         assert len(status["batches"]) >= 2

@@ -18,7 +18,7 @@ from dropzone import config as config_module
 from dropzone.daemon import Daemon
 from dropzone.simulator import Fault, Simulator
 from tests.conftest import CLIENT_ID, CLIENT_SECRET
-from tests.helpers import daemons, drop, status_of
+from tests.helpers import daemons, drop, run_until_idle, status_of
 
 GOOD = b"email,firstName\nann@example.com,Ann\nbob@example.com,Bob\n"
 
@@ -95,7 +95,7 @@ class TestTwoPartners:
         before = tree(bob)
         (acme / "inbox" / "x").mkdir()
         (acme / "inbox" / "x" / "leads_evil.csv").write_bytes(GOOD)
-        partners.run_until_idle(timeout=20)
+        run_until_idle(partners, timeout=20)
         assert tree(bob) == before
         kept = list((tmp_path / "state" / "undeliverable").rglob("leads_evil.csv.status.json"))
         assert len(kept) == 1 and json.loads(kept[0].read_text())["status"] == "Complete"
@@ -107,7 +107,7 @@ class TestTwoPartners:
         acme, bob = tmp_path / "acme", tmp_path / "bob"
         drop_into = bob / "inbox" / "leads_bob.csv"
         drop_into.write_bytes(b"email\nbob-1@example.com\n")
-        partners.run_until_idle(timeout=20)
+        run_until_idle(partners, timeout=20)
         [archived] = [p for p in (bob / "archive").rglob("*") if p.is_file()]
         assert bob_rows(simulator) == ["bob-1@example.com"]
         (acme / "inbox" / "s").mkdir()
@@ -117,7 +117,7 @@ class TestTwoPartners:
         (acme / "inbox" / "s").rmdir()
         (acme / "inbox" / "s").symlink_to(archived.parent)
         before = tree(bob)
-        partners.run_until_idle(timeout=20)
+        run_until_idle(partners, timeout=20)
         assert tree(bob) == before
         assert bob_rows(simulator) == ["bob-1@example.com"]  # never imported again
 
@@ -153,7 +153,7 @@ class TestTwoPartners:
         (bob / "outbox" / "leads_old.csv.status.json").write_text("{}")
         before = tree(bob)
         (acme / "inbox" / "leads_a.csv").write_bytes(GOOD)
-        partners.run_until_idle(timeout=20)
+        run_until_idle(partners, timeout=20)
         assert tree(bob) == before
         results = list((acme / "outbox").iterdir())
         assert all(not p.is_symlink() for p in results)
@@ -191,7 +191,7 @@ class TestMarketoAnswers:
         daemon = make(resubmit_hold=1.5)
         slow_sim.arm(Fault("create_then", reply=reply, times=1))
         drop(tmp_path, "cars_c.tsv", "vin\tcolor\n1\tred\n")
-        daemon.run_until_idle(timeout=30)
+        run_until_idle(daemon, timeout=30)
         status = status_of(tmp_path, "cars_c.tsv")
         assert status["status"] == "Complete"
         assert status["batches"][0]["resubmitted"] == 1
@@ -204,7 +204,7 @@ class TestMarketoAnswers:
         daemon = make()
         slow_sim.arm(Fault("http429", endpoint="status", times=1, retry_after=1))
         drop(tmp_path, "leads_p.csv", GOOD)
-        daemon.run_until_idle(timeout=30)
+        run_until_idle(daemon, timeout=30)
         assert status_of(tmp_path, "leads_p.csv")["status"] == "Complete"
         assert len(slow_sim.submissions()) == 1
 
@@ -214,7 +214,7 @@ class TestMarketoAnswers:
         daemon = make()
         slow_sim.arm(Fault("malformed_status", shape=shape, times=1))
         drop(tmp_path, "leads_m.csv", GOOD)
-        daemon.run_until_idle(timeout=30)
+        run_until_idle(daemon, timeout=30)
         assert status_of(tmp_path, "leads_m.csv")["status"] == "Complete"
 
     def test_access_denied_for_a_while_pauses_and_fails_nothing(self, tmp_path, slow_sim, make):
@@ -240,7 +240,7 @@ class TestMarketoAnswers:
         daemon = make()
         slow_sim.arm(Fault("bare_status", times=None))
         drop(tmp_path, "members.ssv", "email;firstName\nann@example.com;Ann\nbob@example.com;Bob\n")
-        daemon.run_until_idle(timeout=30)
+        run_until_idle(daemon, timeout=30)
         status = status_of(tmp_path, "members.ssv")
         assert status["status"] == "Complete"
         assert status["rowsProcessed"] == 2

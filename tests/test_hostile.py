@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from dropzone import watching
 from dropzone.daemon import Daemon
 from dropzone.jobs import FileState
-from tests.helpers import ROUTES, daemons, drop, status_of
+from tests.helpers import ROUTES, daemons, drop, run_until_idle, status_of
 from tests.hostile_corpus import (
     CONTENT_CASES,
     GOOD,
@@ -108,7 +108,7 @@ def render_all(logs: list[dict]) -> None:
 def good_file_goes_through(tmp_path: Path, simulator, daemon: Daemon) -> None:
     before = len(simulator.imported_rows())
     drop(tmp_path, GOOD_NAME, GOOD)
-    daemon.run_until_idle(timeout=15)
+    run_until_idle(daemon, timeout=15)
     assert status_of(tmp_path, GOOD_NAME)["status"] == "Complete"
     assert [r["row"]["email"] for r in simulator.imported_rows()[before:]] == GOOD_EMAILS
 
@@ -182,7 +182,7 @@ def test_hostile_file_gets_a_clear_status(tmp_path, simulator, daemon_factory, c
     original = digest(bpath(inbox, case.name))
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        daemon.run_until_idle(timeout=8)
+        run_until_idle(daemon, timeout=8)
     render_all(logs)
 
     status = status_bytes(tmp_path, case.name, exact=case.exact_status_name)
@@ -220,7 +220,7 @@ def test_an_empty_file_is_rejected_after_its_quiet_period(tmp_path, simulator, d
     that has not started: it is answered ``Rejected`` ("empty") like any refusal, and kept."""
     daemon = daemon_factory()
     drop(tmp_path, "leads_empty.csv", b"")
-    daemon.run_until_idle(timeout=10)
+    run_until_idle(daemon, timeout=10)
     status = status_of(tmp_path, "leads_empty.csv")
     assert status["status"] == "Rejected" and "empty" in status["error"]["message"]
     [kept] = [Path(os.fsdecode(p)) for p in files_under(tmp_path / "archive")]
@@ -242,7 +242,7 @@ def test_not_a_regular_file_is_left_alone_and_refused_in_the_log(
     outside = {p: digest(p) for p in files_under(tmp_path) if b"/inbox/" not in p and b"/state/" not in p}
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        daemon.run_until_idle(timeout=10)
+        run_until_idle(daemon, timeout=10)
         daemon.run_once()
     render_all(logs)
 
@@ -272,7 +272,7 @@ def test_hard_link_to_a_file_outside_the_inbox(tmp_path, simulator, daemon_facto
     outside = tmp_path / "outside.csv"
     outside.write_bytes(GOOD)
     os.link(outside, tmp_path / "inbox" / "leads_hard.csv")
-    daemon.run_until_idle(timeout=10)
+    run_until_idle(daemon, timeout=10)
     assert status_of(tmp_path, "leads_hard.csv")["status"] == "Complete"
     assert [r["row"]["email"] for r in simulator.imported_rows()] == GOOD_EMAILS
     assert outside.read_bytes() == GOOD
@@ -285,7 +285,7 @@ def test_two_hard_links_in_the_inbox_each_get_a_status(tmp_path, simulator, daem
     daemon = daemon_factory()
     first = drop(tmp_path, "leads_h1.csv", GOOD)
     os.link(first, tmp_path / "inbox" / "leads_h2.csv")
-    daemon.run_until_idle(timeout=10)
+    run_until_idle(daemon, timeout=10)
     for name in ("leads_h1.csv", "leads_h2.csv"):
         assert status_of(tmp_path, name)["status"] == "Complete"
     assert [Path(os.fsdecode(p)).read_bytes() for p in files_under(tmp_path / "archive")] == [GOOD, GOOD]
@@ -297,7 +297,7 @@ def test_unreadable_file_is_rejected_and_kept(tmp_path, simulator, daemon_factor
     daemon = daemon_factory()
     path = drop(tmp_path, "leads_secret.csv", GOOD)
     path.chmod(0)
-    daemon.run_until_idle(timeout=10)
+    run_until_idle(daemon, timeout=10)
     status = status_of(tmp_path, "leads_secret.csv")
     assert status["status"] == "Rejected"
     assert "cannot be read" in status["error"]["message"] and "ermission" in status["error"]["message"]
@@ -342,13 +342,13 @@ def test_unwritable_outbox_logs_keeps_the_file_and_retries(tmp_path, simulator, 
     drop(tmp_path, "leads_ob.csv", content)
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         with pytest.raises(TimeoutError):
-            daemon.run_until_idle(timeout=2)
+            run_until_idle(daemon, timeout=2)
     assert any(e["event"] == "outbox_write_failed" and e["log_level"] == "error" for e in logs), logs
     [row] = daemon.store.files()
     assert row.state is FileState.FINISHING
     assert row.processing_path.read_bytes() == content
     repair()
-    daemon.run_until_idle(timeout=10)
+    run_until_idle(daemon, timeout=10)
     expected = "Complete" if content == GOOD else "Rejected"
     assert status_of(tmp_path, "leads_ob.csv")["status"] == expected
     [kept] = files_under(tmp_path / "archive")
@@ -363,7 +363,7 @@ def test_file_deleted_between_verdict_and_claim_is_forgotten(tmp_path, simulator
     daemon = daemon_factory()
     path = drop(tmp_path, "leads_gone.csv", GOOD)
     fired = swap_before_claim("leads_gone.csv", path.unlink)
-    daemon.run_until_idle(timeout=10)
+    run_until_idle(daemon, timeout=10)
     assert fired
     assert daemon.store.files() == []
     assert list((tmp_path / "outbox").iterdir()) == []
@@ -390,7 +390,7 @@ def test_file_replaced_between_looks_waits_for_its_own_quiet_period(tmp_path, si
         daemon.run_once()
         assert daemon.store.files() == [], "claimed before the new file's own quiet period"
         time.sleep(0.02)
-    daemon.run_until_idle(timeout=10)
+    run_until_idle(daemon, timeout=10)
     assert status_of(tmp_path, "leads_swap.csv")["status"] == "Complete"
     assert [r["row"]["email"] for r in simulator.imported_rows()] == ["new1@example.com", "new2@example.com"]
     [kept] = files_under(tmp_path / "archive")
@@ -420,7 +420,7 @@ def test_file_replaced_between_verdict_and_claim_is_never_taken_half(
     assert daemon.store.files() == [], "the replacement was claimed without its own quiet period"
     with open(path, "ab") as handle:
         handle.write(b"mple.com\n")
-    daemon.run_until_idle(timeout=10)
+    run_until_idle(daemon, timeout=10)
     assert status_of(tmp_path, "leads_swap2.csv")["status"] == "Complete"
     assert [r["row"]["email"] for r in simulator.imported_rows()] == ["new1@example.com", "new2@example.com"]
 
@@ -452,7 +452,7 @@ def test_file_replaced_by_a_non_file_before_claim_is_left_alone(
     started = time.monotonic()
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         try:
-            daemon.run_until_idle(timeout=5)
+            run_until_idle(daemon, timeout=5)
         except TimeoutError:
             pass
     assert fired
