@@ -53,6 +53,21 @@ def test_split_refuses_bad_input_with_the_line(tmp_path):
     assert "line 2" in result.stderr
 
 
+def test_split_check_prints_the_same_manifest_and_writes_nothing(tmp_path):
+    source = tmp_path / "leads.csv"
+    source.write_text("email\n" + "".join(f"u{i}@example.com\n" for i in range(300)))
+    written = dropzone("split", str(source), "--out", str(tmp_path / "out"), "--max-bytes", "1000")
+    checked = dropzone("split", str(source), "--check", "--max-bytes", "1000")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout == written.stdout and len(checked.stdout.splitlines()) > 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["leads.csv", "out"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text('email\n"unterminated\n')
+    refused = dropzone("split", str(bad), "--check")
+    assert refused.returncode != 0 and "line 2" in refused.stderr
+    assert dropzone("split", str(source)).returncode == 2  # neither --out nor --check
+
+
 def test_check_names_the_bad_key(tmp_path):
     """A typo in the configuration is refused, naming the key, with exit code 2."""
     config = tmp_path / "bad.yaml"
