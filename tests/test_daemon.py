@@ -398,3 +398,30 @@ class TestBigFile:
         imported = sorted(simulator.imported_rows(), key=lambda r: r["batchId"])
         assert [r["row"]["email"] for r in imported] == [f"big{i}@example.com" for i in range(rows)]
         assert imported[1]["row"]["firstName"] == 'Line one 1\nline two, "quoted"'
+
+
+class TestReload:
+    def test_a_reload_rebuilds_the_intake_so_every_setting_takes(self, tmp_path, simulator):
+        """A route that gains ``marker: true`` on reload: the new intake waits for markers (the old one
+        patched by hand missed marker suffixes and ``watch:``)."""
+        marked = '\n      - match: "leads_*.csv"\n        object: leads\n        marker: true\n'
+        daemon = Daemon(
+            make_config(tmp_path, simulator.base_url),
+            reload_config=lambda: make_config(tmp_path, simulator.base_url, routes=marked),
+            max_idle=0.05,
+        )
+        daemon.start()
+        try:
+            before = daemon.intakes[tmp_path / "inbox"]
+            daemon.reload()
+            after = daemon.intakes[tmp_path / "inbox"]
+            assert after is not before and after.inbox.marker_suffixes == (".done",)
+            drop(tmp_path, "leads_m.csv", "email\nann@example.com\n")
+            with pytest.raises(TimeoutError):
+                run_until_idle(daemon, timeout=1.5)  # waits for its marker
+            assert simulator.submissions() == []
+            drop(tmp_path, "leads_m.csv.done", "")
+            run_until_idle(daemon, timeout=20)
+            assert status_of(tmp_path, "leads_m.csv")["status"] == "Complete"
+        finally:
+            daemon.close()
