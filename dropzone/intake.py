@@ -103,6 +103,7 @@ class Intake:
     _candidates: dict[str, _Candidate] = field(default_factory=dict)
     _refused: set[tuple[str, int]] = field(default_factory=set)
     _told: set[str] = field(default_factory=set)
+    _announced: bool = False
     #: Files renamed into .processing whose claim the journal could not confirm yet.
     _unconfirmed: list[int] = field(default_factory=list)
 
@@ -215,6 +216,19 @@ class Intake:
         if complete:
             for rel in [r for r in self._candidates if r not in seen]:
                 self._forget(rel)
+        if not self._announced:
+            # An operator watching the wrong (empty) folder, a container volume that did not mount,
+            # sees it here at once.
+            self._announced = True
+            st = os.fstat(root.fileno())
+            log.info(
+                "inbox_watched",
+                inbox=str(self.inbox.path),
+                device=f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}",
+                fstype=watching.filesystem_type(self.inbox.path),
+                watch="polling" if self.watcher.polling else "native",
+                entries=len(seen),
+            )
         return seen
 
     def _look_up(self, root: safefs.Root, rel: str, now: float) -> None:
