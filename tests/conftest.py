@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -55,6 +56,26 @@ def sim_config() -> SimConfig:
 def simulator(sim_config: SimConfig) -> Iterator[Simulator]:
     with Simulator(sim_config) as sim:
         yield sim
+
+
+@pytest.fixture
+def make_api() -> Iterator[Callable[..., Any]]:
+    """Factory: a started simulator (knobs as keywords, ``clock=`` optional) and a plain session on it."""
+    from tests.test_simulator import CID, SECRET, Api
+
+    opened: list[tuple[Simulator, Any]] = []
+
+    def make(clock: Callable[[], float] | None = None, **knobs: Any) -> Any:
+        knobs.setdefault("instant", True)
+        sim = Simulator(SimConfig(client_id=CID, client_secret=SECRET, **knobs), clock=clock).start()
+        api = Api(sim)
+        opened.append((sim, api))
+        return api
+
+    yield make
+    for sim, api in opened:
+        api.close()
+        sim.stop()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:

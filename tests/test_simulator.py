@@ -16,14 +16,14 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from dropzone.simulator import SimConfig, Simulator
+from dropzone.simulator import Simulator
 
 CID, SECRET = "cid", "csecret"
 REQUEST_ID = re.compile(r"^[0-9a-f]{4}#[0-9a-f]{11}$")
@@ -143,24 +143,6 @@ def error_of(response: requests.Response) -> tuple[str, str]:
     assert body["success"] is False, body
     assert REQUEST_ID.match(body["requestId"])
     return body["errors"][0]["code"], body["errors"][0]["message"]
-
-
-@pytest.fixture
-def make_api() -> Iterator[Callable[..., Api]]:
-    """Factory: a started simulator (knobs as keywords, ``clock=`` optional) and a session on it."""
-    opened: list[tuple[Simulator, Api]] = []
-
-    def make(clock: Callable[[], float] | None = None, **knobs: Any) -> Api:
-        knobs.setdefault("instant", True)
-        sim = Simulator(SimConfig(client_id=CID, client_secret=SECRET, **knobs), clock=clock).start()
-        api = Api(sim)
-        opened.append((sim, api))
-        return api
-
-    yield make
-    for sim, api in opened:
-        api.close()
-        sim.stop()
 
 
 # --------------------------------------------------------------------------- identity

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -24,24 +23,6 @@ FAILING_LEADS = b"email,firstName\na@example.com,A\n,B\n,C\n"
 LEADS_STATUS = "/bulk/v1/leads/batch/{}.json"
 PM_STATUS = "/bulk/v1/program/members/import/{}/status.json"
 CAR_STATUS = "/bulk/v1/customobjects/car_c/import/{}/status.json"
-
-
-@pytest.fixture
-def sim_api() -> Iterator[Callable[..., Api]]:
-    """Factory: a started simulator (knobs as keywords, ``clock=`` optional) and a session on it."""
-    opened: list[tuple[Simulator, Api]] = []
-
-    def make(clock: Callable[[], float] | None = None, **knobs: Any) -> Api:
-        knobs.setdefault("instant", True)
-        sim = Simulator(SimConfig(client_id=CID, client_secret=SECRET, **knobs), clock=clock).start()
-        api = Api(sim)
-        opened.append((sim, api))
-        return api
-
-    yield make
-    for sim, api in opened:
-        api.close()
-        sim.stop()
 
 
 def completed_batch(api: Api, data: bytes = SEED_LEADS) -> int:
@@ -104,10 +85,10 @@ class TestFaultApi:
             build_parser().parse_args(["--fault-rate", "trickle=0.1"])
         assert "no random rate" in capsys.readouterr().err
 
-    def test_armed_lists_and_disarm_forgets(self, sim_api: Callable[..., Api]) -> None:
+    def test_armed_lists_and_disarm_forgets(self, make_api: Callable[..., Api]) -> None:
         """armed() shows what is pending, oldest first; disarm(id) and clear_faults() remove it."""
         clock = ManualClock()
-        api = sim_api(clock=clock)
+        api = make_api(clock=clock)
         first = api.sim.arm(Fault("http429", endpoint="status", times=2, retry_after=1))
         second = api.sim.arm(Fault("refuse", endpoint="import", seconds=30, flavour="permission"))
         clock.advance(10)
@@ -123,9 +104,9 @@ class TestFaultApi:
         api.sim.clear_faults()
         assert api.sim.armed() == []
 
-    def test_random_429_uses_the_default_retry_after(self, sim_api: Callable[..., Api]) -> None:
+    def test_random_429_uses_the_default_retry_after(self, make_api: Callable[..., Api]) -> None:
         """A random "http429" (fault_rates) carries the default Retry-After: 20."""
-        api = sim_api(seed=1, fault_rates={"http429": 1.0})
+        api = make_api(seed=1, fault_rates={"http429": 1.0})
         r = api.get(LEADS_STATUS.format(1))
         assert (r.status_code, r.headers["Retry-After"]) == (429, "20")
 
@@ -134,9 +115,9 @@ class TestFaultApi:
 
 
 class TestCreateThenLostReply:
-    def test_502_html_yet_the_job_exists_and_imports(self, sim_api: Callable[..., Api]) -> None:
+    def test_502_html_yet_the_job_exists_and_imports(self, make_api: Callable[..., Api]) -> None:
         """create_then (502): the next two imports answer a proxy's HTML 502, but both jobs run."""
-        api = sim_api()
+        api = make_api()
         api.sim.arm(Fault("create_then", times=2))
         replies = [api.leads(SEED_LEADS) for _ in range(2)]
         for r in replies:
@@ -158,9 +139,9 @@ class TestCreateThenLostReply:
         [("503", 503, "text/html"), ("504", 504, "text/html"), ("not_json", 200, "text/html"),
          ("truncated", 200, "application/json")],
     )  # fmt: skip
-    def test_other_lost_replies(self, sim_api: Callable[..., Api], reply: str, status: int, content_type: str) -> None:
+    def test_other_lost_replies(self, make_api: Callable[..., Api], reply: str, status: int, content_type: str) -> None:
         """503/504 pages, a 200 HTML page and a 200 cut-off JSON body: never parseable, always a created job."""
-        api = sim_api()
+        api = make_api()
         api.sim.arm(Fault("create_then", reply=reply))
         r = api.leads(SEED_LEADS)
         assert r.status_code == status and r.headers["Content-Type"].startswith(content_type)
@@ -170,10 +151,10 @@ class TestCreateThenLostReply:
             assert r.text.startswith('{"requestId":"') and not r.text.endswith("}")
         assert api.lead_status(job["batchId"])["status"] in ("Queued", "Importing", "Complete")
 
-    def test_only_an_import_that_created_a_job_uses_it_up(self, sim_api: Callable[..., Api]) -> None:
+    def test_only_an_import_that_created_a_job_uses_it_up(self, make_api: Callable[..., Api]) -> None:
         """A refused import (1003 empty file, 1016 full queue) keeps the fault armed for the next real create."""
         clock = ManualClock()
-        api = sim_api(clock=clock)
+        api = make_api(clock=clock)
         api.sim.arm(Fault("create_then", reply="503"))
         assert error_of(api.leads(b""))[0] == "1003"
         api.sim.add_background_jobs(10, seconds=30)
@@ -188,9 +169,9 @@ class TestCreateThenLostReply:
 
 
 class TestProxy429:
-    def test_status_gets_429_html_with_retry_after(self, sim_api: Callable[..., Api]) -> None:
+    def test_status_gets_429_html_with_retry_after(self, make_api: Callable[..., Api]) -> None:
         """http429 on status: two HTML 429s with Retry-After, then Marketo's answer; the job is untouched."""
-        api = sim_api()
+        api = make_api()
         batch = completed_batch(api)
         api.sim.arm(Fault("http429", endpoint="status", times=2, retry_after=7))
         for _ in range(2):
@@ -199,9 +180,9 @@ class TestProxy429:
             assert r.headers["Content-Type"].startswith("text/html") and "429 Too Many Requests" in r.text
         assert api.lead_status(batch)["status"] == "Complete"
 
-    def test_failures_and_warnings_get_429_too(self, sim_api: Callable[..., Api]) -> None:
+    def test_failures_and_warnings_get_429_too(self, make_api: Callable[..., Api]) -> None:
         """Armed per endpoint: the failures file, then the warnings file; retry_after=None sends no header."""
-        api = sim_api()
+        api = make_api()
         batch = completed_batch(api, FAILING_LEADS)
         api.sim.arm(Fault("http429", endpoint="failures", retry_after=None))
         api.sim.arm(Fault("http429", endpoint="warnings", retry_after=3))
@@ -229,10 +210,10 @@ def timed_read(response: requests.Response) -> tuple[bytes, float]:
 
 class TestTrickle:
     @pytest.mark.parametrize("endpoint", ["identity", "import", "status", "failures", "warnings"])
-    def test_body_arrives_at_the_given_rate(self, sim_api: Callable[..., Api], endpoint: str) -> None:
+    def test_body_arrives_at_the_given_rate(self, make_api: Callable[..., Api], endpoint: str) -> None:
         """trickle: headers at once, then the normal body at bytes_per_second (500 B/s on ~100-250 bytes)."""
         pace = 500.0
-        api = sim_api()
+        api = make_api()
         leads = completed_batch(api, FAILING_LEADS)
         members = batch_of(api.members(MEMBERS))
         assert api.sim.wait_idle(5)
@@ -271,9 +252,9 @@ class TestTrickle:
         if endpoint == "import":
             assert len(api.sim.submissions()) == 3  # processed normally: a third job
 
-    def test_default_one_byte_per_second_and_stop_cuts_it_short(self, sim_api: Callable[..., Api]) -> None:
+    def test_default_one_byte_per_second_and_stop_cuts_it_short(self, make_api: Callable[..., Api]) -> None:
         """The default pace is 1 B/s; stopping the simulator mid-body does not wait for the rest."""
-        api = sim_api()
+        api = make_api()
         api.sim.arm(Fault("trickle", endpoint="identity"))
         url = api.sim.identity_url + "/oauth/token"
         params = {"grant_type": "client_credentials", "client_id": CID, "client_secret": SECRET}
@@ -292,9 +273,9 @@ class TestTrickle:
 
 
 class TestOversize:
-    def test_status_is_padded_to_exactly_the_default_size_same_json(self, sim_api: Callable[..., Api]) -> None:
+    def test_status_is_padded_to_exactly_the_default_size_same_json(self, make_api: Callable[..., Api]) -> None:
         """oversize on status: 4 MiB of valid JSON holding the same value; the next status is normal."""
-        api = sim_api()
+        api = make_api()
         batch = completed_batch(api)
         normal = api.get(LEADS_STATUS.format(batch)).json()
         api.sim.arm(Fault("oversize", endpoint="status"))
@@ -304,9 +285,9 @@ class TestOversize:
         assert padded["result"] == normal["result"] and padded["success"] is True
         assert len(api.get(LEADS_STATUS.format(batch)).content) < 1000
 
-    def test_failures_file_repeats_its_rows_past_the_size(self, sim_api: Callable[..., Api]) -> None:
+    def test_failures_file_repeats_its_rows_past_the_size(self, make_api: Callable[..., Api]) -> None:
         """oversize on failures: header once, then the failed rows over and over, at least ``size`` bytes."""
-        api = sim_api()
+        api = make_api()
         batch = completed_batch(api, FAILING_LEADS)
         path = f"/bulk/v1/leads/batch/{batch}/failures.json"
         normal = api.get(path).content
@@ -329,9 +310,9 @@ class TestMalformedStatus:
         ("shape", "key", "value"),
         [("failed_string", "numOfRowsFailed", "n/a"), ("processed_null", "numOfLeadsProcessed", None)],
     )
-    def test_counter_shapes(self, sim_api: Callable[..., Api], shape: str, key: str, value: object) -> None:
+    def test_counter_shapes(self, make_api: Callable[..., Api], shape: str, key: str, value: object) -> None:
         """One counter comes back as a string or null; everything else, and the next status, is normal."""
-        api = sim_api()
+        api = make_api()
         batch = completed_batch(api, FAILING_LEADS)
         normal = api.lead_status(batch)
         api.sim.arm(Fault("malformed_status", shape=shape, times=1))
@@ -342,18 +323,18 @@ class TestMalformedStatus:
         assert {k: v for k, v in result.items() if k != key} == {k: v for k, v in normal.items() if k != key}
         assert api.lead_status(batch) == normal
 
-    def test_processed_null_on_a_custom_object_nulls_num_of_objects(self, sim_api: Callable[..., Api]) -> None:
+    def test_processed_null_on_a_custom_object_nulls_num_of_objects(self, make_api: Callable[..., Api]) -> None:
         """Custom objects count numOfObjectsProcessed; that is the counter nulled."""
-        api = sim_api()
+        api = make_api()
         batch = batch_of(api.cars(SEED_CARS))
         assert api.sim.wait_idle(5)
         api.sim.arm(Fault("malformed_status", shape="processed_null"))
         (result,) = api.get(CAR_STATUS.format(batch)).json()["result"]
         assert result["numOfObjectsProcessed"] is None and result["numOfRowsFailed"] == 0
 
-    def test_errors_as_an_object(self, sim_api: Callable[..., Api]) -> None:
+    def test_errors_as_an_object(self, make_api: Callable[..., Api]) -> None:
         """errors_dict: success false and ``errors`` an object, not a list; no result."""
-        api = sim_api()
+        api = make_api()
         batch = completed_batch(api)
         api.sim.arm(Fault("malformed_status", shape="errors_dict", times=2))
         for _ in range(2):
@@ -363,9 +344,9 @@ class TestMalformedStatus:
             assert body["errors"] == {"code": "611", "message": "System error"}
         assert api.lead_status(batch)["status"] == "Complete"
 
-    def test_a_failed_status_call_does_not_use_it_up(self, sim_api: Callable[..., Api]) -> None:
+    def test_a_failed_status_call_does_not_use_it_up(self, make_api: Callable[..., Api]) -> None:
         """Only a status body Marketo would send is malformed: a 1003 for an unknown batch leaves it armed."""
-        api = sim_api()
+        api = make_api()
         api.sim.arm(Fault("malformed_status"))
         assert error_of(api.get(LEADS_STATUS.format(999)))[0] == "1003"
         batch = completed_batch(api)
@@ -376,9 +357,9 @@ class TestMalformedStatus:
 
 
 class TestRefusals:
-    def test_next_n_imports_get_603_access_denied(self, sim_api: Callable[..., Api]) -> None:
+    def test_next_n_imports_get_603_access_denied(self, make_api: Callable[..., Api]) -> None:
         """refuse, times=2: Marketo's envelope with 603 "Access denied", HTTP 200, nothing created."""
-        api = sim_api()
+        api = make_api()
         api.sim.arm(Fault("refuse", endpoint="import", times=2))
         for _ in range(2):
             r = api.leads(SEED_LEADS)
@@ -390,10 +371,10 @@ class TestRefusals:
         assert error_of(api.get(LEADS_STATUS.format(1)))[0] == "1003"  # other endpoints are not armed
         assert batch_of(api.leads(SEED_LEADS))
 
-    def test_for_a_while_then_it_clears_on_its_own(self, sim_api: Callable[..., Api]) -> None:
+    def test_for_a_while_then_it_clears_on_its_own(self, make_api: Callable[..., Api]) -> None:
         """refuse, seconds=30 (ip_allowlist): every import is refused for 30 s of clock, then accepted."""
         clock = ManualClock()
-        api = sim_api(clock=clock)
+        api = make_api(clock=clock)
         api.sim.arm(Fault("refuse", endpoint="import", seconds=30, flavour="ip_allowlist"))
         codes = [error_of(api.leads(SEED_LEADS)) for _ in range(3)]
         assert {c for c, _ in codes} == {"603"}
@@ -404,9 +385,9 @@ class TestRefusals:
         assert batch_of(api.leads(SEED_LEADS))
         assert api.sim.armed() == []
 
-    def test_permission_flavour_names_the_missing_permission(self, sim_api: Callable[..., Api]) -> None:
+    def test_permission_flavour_names_the_missing_permission(self, make_api: Callable[..., Api]) -> None:
         """permission: same 603, the message names Read-Write Lead or Read-Write Custom Object [INF]."""
-        api = sim_api()
+        api = make_api()
         api.sim.arm(Fault("refuse", endpoint="import", times=3, flavour="permission"))
         lead_code, lead_message = error_of(api.leads(SEED_LEADS))
         member_code, member_message = error_of(api.members(MEMBERS))
@@ -415,9 +396,9 @@ class TestRefusals:
         assert "'Read-Write Lead'" in lead_message and "'Read-Write Lead'" in member_message
         assert "'Read-Write Custom Object'" in car_message
 
-    def test_comes_after_the_token_and_counts_toward_the_rate_limit(self, sim_api: Callable[..., Api]) -> None:
+    def test_comes_after_the_token_and_counts_toward_the_rate_limit(self, make_api: Callable[..., Api]) -> None:
         """A bad token still gets 601 (the refusal stays armed); refusals are counted calls, so 606 follows."""
-        api = sim_api(rate_limit=2)
+        api = make_api(rate_limit=2)
         api.sim.arm(Fault("refuse", times=None))  # any API call, until disarmed
         assert error_of(api.leads(SEED_LEADS, headers={"Authorization": "Bearer nope:int"}))[0] == "601"
         assert error_of(api.leads(SEED_LEADS))[0] == "603"
@@ -430,9 +411,9 @@ class TestRefusals:
 
 
 class TestBareProgramMemberStatus:
-    def test_next_n_program_member_statuses_only(self, sim_api: Callable[..., Api]) -> None:
+    def test_next_n_program_member_statuses_only(self, make_api: Callable[..., Api]) -> None:
         """bare_status: lead statuses pass it by; the next program-member status has batchId/importId/status only."""
-        api = sim_api()
+        api = make_api()
         lead = completed_batch(api)
         member = batch_of(api.members(MEMBERS))
         assert api.sim.wait_idle(5)
@@ -443,9 +424,9 @@ class TestBareProgramMemberStatus:
         (full,) = api.get(PM_STATUS.format(member)).json()["result"]
         assert full["numOfLeadsProcessed"] == 2 and full["numOfRowsWithWarning"] == 1
 
-    def test_always_by_fault_or_by_knob(self, sim_api: Callable[..., Api]) -> None:
+    def test_always_by_fault_or_by_knob(self, make_api: Callable[..., Api]) -> None:
         """times=None keeps it until disarmed; program_member_counters=False does it for the whole run."""
-        api = sim_api()
+        api = make_api()
         member = batch_of(api.members(MEMBERS))
         assert api.sim.wait_idle(5)
         fault_id = api.sim.arm(Fault("bare_status", times=None))
@@ -454,7 +435,7 @@ class TestBareProgramMemberStatus:
         assert api.sim.disarm(fault_id)
         assert "numOfRowsFailed" in api.get(PM_STATUS.format(member)).json()["result"][0]
 
-        knob = sim_api(program_member_counters=False)
+        knob = make_api(program_member_counters=False)
         member = batch_of(knob.members(MEMBERS))
         lead = batch_of(knob.leads(SEED_LEADS))
         assert knob.sim.wait_idle(5)
@@ -478,10 +459,10 @@ class TestUnknownBatch:
         "/bulk/v1/program/members/import/{}/warnings.json",
     )
 
-    def test_unknown_or_expired_batch_is_a_1003_envelope_everywhere(self, sim_api: Callable[..., Api]) -> None:
+    def test_unknown_or_expired_batch_is_a_1003_envelope_everywhere(self, make_api: Callable[..., Api]) -> None:
         """HTTP 200 + JSON envelope + 1003 on all nine GETs; a proxy's 404/429 is HTML and never success:false."""
         clock = ManualClock()
-        api = sim_api(clock=clock)
+        api = make_api(clock=clock)
         expired = completed_batch(api)
         clock.advance(7 * 86400 + 1)
         api._token = None
