@@ -44,6 +44,7 @@ from dropzone.schema import (
     read_text,
     yaml_problem,
 )
+from dropzone.targets import ImportTarget
 
 # --- The parsed shape --------------------------------------------------------
 
@@ -127,6 +128,19 @@ class Route:
         """The marker file a path waits for (``a/x.csv`` → ``a/x.csv.done``), or None."""
         return relpath + self.marker if self.marker else None
 
+    def target(self) -> ImportTarget:
+        """The import this route sends to (``lookupField`` defaults to Marketo's own, ``email``)."""
+        leads = self.object is ObjectKind.LEADS
+        return ImportTarget(
+            kind=self.object,
+            lookup_field=(self.lookup_field or D.LOOKUP_FIELD) if leads else None,
+            list_id=self.list_id,
+            partition_name=self.partition_name,
+            api_name=self.api_name,
+            program_id=self.program_id,
+            program_member_status=self.program_member_status,
+        )
+
     def marketo_params(self, format: FileFormat | None = None) -> dict[str, str | int]:
         """The import's parameters under Marketo's names, for the status file.
 
@@ -134,23 +148,8 @@ class Route:
             format: the resolved format; the route's own when omitted (left
                 out if neither is known).
         """
-        params: dict[str, str | int] = {}
         fmt = format or self.format
-        if fmt is not None:
-            params["format"] = fmt.value
-        match self.object:
-            case ObjectKind.LEADS:
-                params["lookupField"] = self.lookup_field or D.LOOKUP_FIELD
-                if self.list_id is not None:
-                    params["listId"] = self.list_id
-                if self.partition_name:
-                    params["partitionName"] = self.partition_name
-            case ObjectKind.CUSTOM_OBJECT:
-                params["apiName"] = str(self.api_name)
-            case ObjectKind.PROGRAM_MEMBER:
-                params["programId"] = int(self.program_id or 0)
-                params["programMemberStatus"] = str(self.program_member_status)
-        return params
+        return {**({"format": fmt.value} if fmt is not None else {}), **self.target().params()}
 
     def redacted(self) -> dict[str, Any]:
         out: dict[str, Any] = {"match": self.match, "object": self.object.value}

@@ -25,11 +25,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dropzone import defaults as D
 from dropzone.config import Route
 from dropzone.errors import InputError
-from dropzone.kinds import FileFormat, ObjectKind
-from dropzone.marketo import ImportTarget
+from dropzone.kinds import FileFormat
+from dropzone.targets import ImportTarget
 
 
 class NoRouteError(InputError):
@@ -57,17 +56,7 @@ class RouteMatch:
     @property
     def target(self) -> ImportTarget:
         """Where the rows go, as the client (and the journal) take it."""
-        r = self.route
-        return ImportTarget(
-            kind=r.object,
-            lookup_field=(r.lookup_field or D.LOOKUP_FIELD) if r.object is ObjectKind.LEADS else None,
-            list_id=r.list_id,
-            partition_name=r.partition_name,
-            api_name=r.api_name,
-            program_id=r.program_id,
-            program_member_status=r.program_member_status,
-        )
-
+        return self.route.target()
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NoMatch:

@@ -23,7 +23,7 @@ from pathlib import Path
 from dropzone.errors import StoreError
 from dropzone.jobs import ChunkState, FileState, Outcome, check_chunk_transition, check_file_transition
 from dropzone.kinds import FileFormat
-from dropzone.marketo import ImportTarget
+from dropzone.targets import ImportTarget
 
 DB_NAME = "journal.sqlite3"
 LOCK_NAME = "dropzone.lock"

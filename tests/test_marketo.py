@@ -31,8 +31,9 @@ from dropzone import defaults as D
 from dropzone import errors, logs, transport
 from dropzone.config import MarketoSettings
 from dropzone.kinds import FileFormat, ObjectKind
-from dropzone.marketo import BatchStatus, CallRecord, ImportTarget, MarketoClient, ReplyLimits, make_session
+from dropzone.marketo import BatchStatus, CallRecord, MarketoClient, ReplyLimits, make_session
 from dropzone.simulator import Fault
+from dropzone.targets import ImportTarget
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, wait_until
 
 LEADS = ImportTarget(kind=ObjectKind.LEADS, lookup_field="email")

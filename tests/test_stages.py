@@ -17,10 +17,11 @@ from dropzone.config import Config, Inbox
 from dropzone.dispatch import Dispatch
 from dropzone.intake import Intake
 from dropzone.jobs import ChunkState, FileState, Outcome
-from dropzone.marketo import BatchStatus, ImportTarget
+from dropzone.marketo import BatchStatus
 from dropzone.prepare import Prepare, work_dir
 from dropzone.report import Report
 from dropzone.store import Store
+from dropzone.targets import ImportTarget
 from tests.helpers import make_config
 
 QUIET = 0.2  # make_config's quiet period

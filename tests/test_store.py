@@ -17,7 +17,6 @@ import pytest
 from dropzone.errors import StoreError
 from dropzone.jobs import CHUNK_TRANSITIONS, FILE_TRANSITIONS, ChunkState, FileState, Outcome, TransitionError
 from dropzone.kinds import FileFormat, ObjectKind
-from dropzone.marketo import ImportTarget
 from dropzone.store import (
     DB_NAME,
     LOCK_NAME,
@@ -29,6 +28,7 @@ from dropzone.store import (
     NewChunk,
     Store,
 )
+from dropzone.targets import ImportTarget
 
 WEIRD = os.fsdecode(b"acme/leads_\xff\xfe caf\xe9\n$(x).csv")  # not UTF-8, a newline, shell characters
 #: How a message quoting WEIRD reads once stored: valid UTF-8, the undecodable bytes spelled out.
