@@ -17,12 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dropzone import __version__
-from dropzone.errors import ConfigError, DropzoneError, SplitError
-from dropzone.kinds import FileFormat
-
-
-class UsageError(ConfigError):
-    """The command line itself is incomplete (exit code 2, like argparse's own)."""
+from dropzone.errors import DropzoneError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -31,20 +26,9 @@ def _cmd_split(args: argparse.Namespace) -> int:
     from dropzone import defaults, splitting
 
     max_bytes = args.max_bytes if args.max_bytes is not None else defaults.SPLIT_MAX_BYTES
-    if args.check:
-        # Every check the daemon's split makes, the same manifest, nothing written.
-        fmt = args.format or FileFormat.from_name(args.file.name)
-        if fmt is None:
-            raise SplitError(f"{args.file.name}: unsupported extension; expected .csv, .tsv or .ssv (or --format)")
-        with open(args.file, "rb") as source:
-            result = splitting.scan(source, fmt=fmt, max_bytes=max_bytes, encoding=args.encoding)
-    elif args.out is None:
-        raise UsageError("dropzone split: give --out DIR, or --check to write nothing")
-    else:
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = splitting.split_file(
-            args.file, args.out, fmt=args.format, max_bytes=max_bytes, encoding=args.encoding
-        )
+    result = splitting.split_file(
+        args.file, None if args.check else args.out, fmt=args.format, max_bytes=max_bytes, encoding=args.encoding
+    )
     for chunk in result.chunks:
         print(splitting.format_manifest_line(chunk))
     return 0
@@ -244,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Split FILE into chunks (header repeated, records never cut) and print the manifest.",
     )
     split.add_argument("file", type=Path, metavar="FILE")
-    split.add_argument("--out", type=Path, default=None, metavar="DIR", help="where the chunks are written")
-    split.add_argument("--check", action="store_true", help="check the file and print the manifest, writing nothing")
+    where = split.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, metavar="DIR", help="where the chunks are written")
+    where.add_argument("--check", action="store_true", help="check the file and print the manifest, writing nothing")
     split.add_argument("--max-bytes", type=int, default=None, metavar="N", help="largest chunk, header included")
     split.add_argument("--format", choices=("csv", "tsv", "ssv"), default=None, help="default: from the extension")
     split.add_argument(

@@ -250,7 +250,7 @@ class Daemon:
         now = self.clock()
         counts = [i.waiting(now) for i in self.intakes.values()]
         self.metrics.set_waiting(sum(n for n, _ in counts), min((t for _, t in counts if t is not None), default=None))
-        queued = len(self.store.chunks([ChunkState.PENDING, ChunkState.SUBMITTING]))
+        queued = self.store.count_chunks([ChunkState.PENDING, ChunkState.SUBMITTING])
         self.metrics.set_batches(open=self.dispatch.open_batches(), queued=queued)
 
     # ---- reload -----------------------------------------------------------

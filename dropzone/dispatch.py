@@ -111,15 +111,15 @@ class Dispatch:
             match jobs.recovery_action(chunk.state):
                 case jobs.RecoveryAction.RESUBMIT:
                     why = "dropzone stopped between the upload and its answer"
-                    self.store.requeue(chunk.id, unknown=why, not_before=self._hold_until(chunk))
+                    self.store.requeue(chunk.id, unknown=why, not_before=self.wall() + self._hold(chunk))
                     log.warning("chunk_resubmitting_after_crash", file_id=chunk.file_id, chunk=chunk.index)
                 case jobs.RecoveryAction.POLL:
                     self._polls[chunk.id] = _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now)
                 case jobs.RecoveryAction.FETCH | jobs.RecoveryAction.NONE:
                     pass  # fetching chunks are picked up by the fetch step as they are
 
-    def _hold_until(self, chunk: ChunkRow) -> float:
-        return self.wall() + jobs.resubmit_hold(chunk.size, least=self.settings.resubmit_hold)
+    def _hold(self, chunk: ChunkRow) -> float:
+        return jobs.resubmit_hold(chunk.size, least=self.settings.resubmit_hold)
 
     # ---- introspection ----------------------------------------------------------
 
@@ -237,10 +237,9 @@ class Dispatch:
                 log.info("import_submitted", batchId=batch.batch_id, rows=chunk.rows, bytes=chunk.size)
             case ChunkAction.REQUEUE_UNKNOWN:
                 why = getattr(error, "reason", None) or str(error)
-                self.store.requeue(chunk.id, unknown=why, not_before=self._hold_until(chunk))
-                log.warning(
-                    "submit_outcome_unknown", error=str(error), hold_s=round(self._hold_until(chunk) - self.wall())
-                )
+                hold = self._hold(chunk)
+                self.store.requeue(chunk.id, unknown=why, not_before=self.wall() + hold)
+                log.warning("submit_outcome_unknown", error=str(error), hold_s=round(hold))
             case ChunkAction.REQUEUE:
                 self._requeue_quietly(chunk.id)
             case ChunkAction.FAIL:
@@ -277,18 +276,21 @@ class Dispatch:
                 self.pauses.api_until = now + seconds
             case Pause.TARGET if row is not None:
                 self.pauses.targets_until[self._target_key(row)] = now + seconds
-                self.metrics.set_misconfigured(str(error))
-                self.pauses.misconfigured = str(error)
+                self._refused(error, seconds)
             case Pause.MISCONFIGURED:
                 self.pauses.submits_until = now + seconds
-                if self.pauses.misconfigured is None:
-                    log.error("marketo_refuses_this_integration", error=str(error), retry_in_s=seconds)
-                self.pauses.misconfigured = str(error)
-                self.metrics.set_misconfigured(str(error))
+                self._refused(error, seconds)
             case _:
                 self.pauses.submits_until = now + seconds
         code = getattr(error, "code", None)
         log.warning("marketo_pause", pause=pause.value, code=code, error=str(error), seconds=round(seconds, 1))
+
+    def _refused(self, error: BaseException, seconds: float) -> None:
+        """Marketo refuses the integration (or a route's target): told once, shown in /readyz."""
+        if self.pauses.misconfigured is None:
+            log.error("marketo_refuses_this_integration", error=str(error), retry_in_s=seconds)
+        self.pauses.misconfigured = str(error)
+        self.metrics.set_misconfigured(str(error))
 
     def _cleared_misconfiguration(self) -> None:
         if self.pauses.misconfigured is not None:
@@ -301,7 +303,7 @@ class Dispatch:
     def _poll(self, now: float) -> bool:
         if now < self.pauses.api_until:
             return False
-        if len(self._polls) < self.store.count_chunks(ChunkState.SUBMITTED):
+        if len(self._polls) < self.store.count_chunks([ChunkState.SUBMITTED]):
             # A batch the journal has and this stage lost (an interrupted step): poll it again.
             for chunk in self.store.chunks([ChunkState.SUBMITTED]):
                 self._polls.setdefault(chunk.id, _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now))
@@ -424,9 +426,5 @@ class Dispatch:
         self.store.store_results(chunk.id, failures=found["failures"], warnings=found["warnings"], counts=counts)
 
 
-def _counts(status: object) -> Counts:
-    return Counts(
-        processed=getattr(status, "processed", None),
-        failed=getattr(status, "failed", None),
-        warned=getattr(status, "warned", None),
-    )
+def _counts(status: BatchStatus) -> Counts:
+    return Counts(processed=status.processed, failed=status.failed, warned=status.warned)

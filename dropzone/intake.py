@@ -192,6 +192,8 @@ class Intake:
             error = str(exc) or type(exc).__name__
             # Told once: a trap a partner leaves in place would otherwise be logged every pass.
             emit = log.debug if error in self._told else log.warning
+            if len(self._told) >= D.TRACKED_PER_INBOX:
+                self._told.clear()  # bounded over years of distinct names: some are told again
             self._told.add(error)
             emit("intake_item_failed", inbox=str(self.inbox.path), step=getattr(step, "__name__", "?"), error=error)
             return False

@@ -144,8 +144,7 @@ class Report:
         with safefs.Root.open(out_dir, create=True, pin=None if trusted else self.pins.get(out_dir)) as out:
             if row.outbox_files is None:
                 stamp = row.received_at.replace("-", "").replace(":", "")
-                exists = out.exists if not trusted else (lambda name: (out_dir / name).exists())
-                stem = outbox.choose_stem(exists, row.relpath, fmt.value, stamp)
+                stem = outbox.choose_stem(out.exists, row.relpath, fmt.value, stamp)
                 self.store.set_outbox_names(row.id, outbox.result_names(stem, fmt.value))
                 row = self.store.file(row.id)
             status_name, failures_name, warnings_name = row.outbox_files or ["", "", ""]

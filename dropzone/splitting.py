@@ -503,7 +503,7 @@ def chunk_path(source: Path, out_dir: Path, index: int) -> Path:
 
 def split_file(
     path: Path,
-    out_dir: Path,
+    out_dir: Path | None,
     *,
     fmt: FileFormat | str | None = None,
     max_bytes: int = D.SPLIT_MAX_BYTES,
@@ -513,8 +513,9 @@ def split_file(
 
     ``fmt`` is inferred from the extension when None.  On error the chunks
     written so far are removed, so ``out_dir`` never holds a partial split.
+    ``out_dir`` None: every check and the same manifest, nothing written (``scan``).
     """
-    path, out_dir = Path(path), Path(out_dir)
+    path = Path(path)
     if fmt is None:
         fmt = FileFormat.from_name(path.name)
         if fmt is None:
@@ -522,6 +523,10 @@ def split_file(
                 f"{path.name}: unsupported extension {path.suffix!r}; expected .csv, .tsv or .ssv "
                 "(or give the format explicitly)"
             )
+    if out_dir is None:
+        with open(path, "rb", buffering=0) as source:
+            return scan(source, fmt=fmt, max_bytes=max_bytes, encoding=encoding)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 

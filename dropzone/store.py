@@ -493,8 +493,10 @@ class Store:
             self._move(db, "chunks", chunk_id, ChunkState.ERROR)
             db.execute("UPDATE chunks SET error=? WHERE id=?", (_text(error), chunk_id))
 
-    def count_chunks(self, state: ChunkState) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM chunks WHERE state=?", (state.value,)).fetchone()[0])
+    def count_chunks(self, states: Iterable[ChunkState]) -> int:
+        wanted = [s.value for s in states]
+        sql = f"SELECT COUNT(*) FROM chunks WHERE state IN ({','.join('?' * len(wanted))})"  # noqa: S608 - placeholders
+        return int(self._db.execute(sql, wanted).fetchone()[0])
 
     def chunk(self, chunk_id: int) -> ChunkRow:
         row = self._db.execute("SELECT * FROM chunks WHERE id=?", (chunk_id,)).fetchone()
