@@ -226,9 +226,9 @@ class Daemon:
         self._route_hints()
         now = self.clock()
         busy = False
+        if any(now >= intake.next_scan for intake in self.intakes.values()):
+            self._update_readiness()  # once per scan round, not once per inbox: it writes a probe file
         for intake in list(self.intakes.values()):
-            if now >= intake.next_scan:
-                self._update_readiness()
             busy |= intake.run_once(now)
         busy |= self.prepare.run_once(self.clock())
         busy |= self.dispatch.run_once(self.clock())

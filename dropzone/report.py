@@ -37,10 +37,14 @@ from dropzone.store import ChunkRow, FileRow, Store, utc_now
 log = structlog.get_logger("dropzone.report")
 
 
+def _result(c: ChunkRow) -> jobs.ChunkResult:
+    return jobs.ChunkResult(c.state, c.marketo_status, c.rows, c.processed, c.failed, c.warned)
+
+
 def batch_doc(c: ChunkRow) -> dict[str, Any]:
     """One chunk as the status file shows it."""
     complete = c.state is ChunkState.DONE and c.marketo_status == "Complete"
-    imported = jobs.imported_rows(jobs.ChunkResult(c.state, c.marketo_status, c.rows, c.processed, c.failed, c.warned))
+    imported = jobs.imported_rows(_result(c))
     doc: dict[str, Any] = {
         "chunk": c.index,
         "batchId": c.batch_id,
@@ -112,7 +116,7 @@ class Report:
             if not all(c.state in jobs.CHUNK_FINAL for c in chunks):
                 continue
             outcome = jobs.file_outcome(
-                jobs.ChunkResult(c.state, c.marketo_status, c.rows, c.processed, c.failed, c.warned) for c in chunks
+                _result(c) for c in chunks
             )
             self.store.settle(row.id, outcome, error=file_error(chunks))
             busy = True
