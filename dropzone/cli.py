@@ -55,16 +55,29 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"problem: {problem}", file=sys.stderr)
     if problems:
         return 1
-    if not args.offline:
-        # One Identity call, no retries: the operator is waiting for an answer.
-        client = MarketoClient(dataclasses.replace(cfg.marketo, max_retry_seconds=0))
+    refused = 0
+    for name, settings in ([] if args.offline else cfg.all_instances().items()):
+        # One Identity call per instance, no retries: the operator is waiting for an answer.
+        client = MarketoClient(dataclasses.replace(settings, max_retry_seconds=0))
         try:
             client.check_credentials()
+            print(f"marketo instance {name}: credentials accepted by Identity")
+        except DropzoneError as exc:
+            refused += 1
+            print(f"problem: marketo instance {name}: {exc}", file=sys.stderr)
         finally:
             client.close()
-        print("marketo: credentials accepted by Identity")
+    if refused:
+        return 1
     print("configuration OK")
     return 0
+
+
+def _redact_secrets(cfg: Any) -> None:
+    from dropzone import logs
+
+    for settings in cfg.all_instances().values():
+        logs.redactor.add(settings.client_secret)
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
@@ -94,11 +107,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError("; ".join(problems))
     logs.configure(json=cfg.log.json, level=cfg.log.level.value)
-    logs.redactor.add(cfg.marketo.client_secret)
+    _redact_secrets(cfg)
 
     def reload_config() -> Any:
         new = _load(args)
-        logs.redactor.add(new.marketo.client_secret)
+        _redact_secrets(new)
         return new
 
     stop = threading.Event()
@@ -146,7 +159,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     logs.configure(json=cfg.log.json, level=cfg.log.level.value)
-    logs.redactor.add(cfg.marketo.client_secret)
+    _redact_secrets(cfg)
     stop = threading.Event()
     _install_signal_handlers(stop)
     run_demo(cfg, stop, samples=not args.no_samples)
@@ -155,7 +168,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     """Files in flight and recent outcomes, from the journal (read-only, works while the daemon runs)."""
-    from dropzone.jobs import FileState
+    from dropzone.jobs import ChunkState, FileState
     from dropzone.store import Store
 
     cfg = _load(args)
@@ -171,6 +184,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"recent outcomes: {len(recent)}")
         for row in recent:
             print(f"  {row.finished_at}  {row.outcome:<8}  {row.relpath}" + (f"  ({row.error})" if row.error else ""))
+        waiting, sent = [ChunkState.PENDING], [ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING]
+        for name in sorted(set(cfg.all_instances()) | store.chunk_instances([*waiting, *sent])):
+            known = "" if name in cfg.all_instances() else " (not configured)"
+            print(
+                f"instance {name}{known}: {store.count_chunks(waiting, instance=name)} chunk(s) waiting, "
+                f"{store.count_chunks(sent, instance=name)} sent and not finished"
+            )
         totals = ", ".join(f"{k}={v}" for k, v in sorted(store.counts().items()))
         print(f"totals: {totals or 'none'}")
     finally:

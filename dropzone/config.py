@@ -20,7 +20,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +30,7 @@ import yaml
 from dropzone import defaults as D
 from dropzone.errors import ConfigError
 from dropzone.globs import compile_glob, literal_extension, sample_name
+from dropzone.instances import MarketoSettings, parse_instances
 from dropzone.kinds import FileFormat, LogFormat, LogLevel, ObjectKind, WatchMode
 from dropzone.readiness import is_ignored_name
 from dropzone.schema import (
@@ -47,50 +48,6 @@ from dropzone.schema import (
 from dropzone.targets import ImportTarget
 
 # --- The parsed shape --------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MarketoSettings:
-    """One Marketo instance: where, who, and how hard to use it. The client takes this as is."""
-
-    endpoint: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    identity: str | None = None
-    client_secret_file: Path | None = None
-    poll_interval: float = D.POLL_INTERVAL_S
-    calls_per_20s: int = D.CALLS_PER_20S
-    max_concurrent_calls: int = D.MAX_CONCURRENT_CALLS
-    max_open_imports: int = D.MAX_OPEN_IMPORTS
-    connect_timeout: float = D.CONNECT_TIMEOUT_S
-    read_timeout: float = D.READ_TIMEOUT_S
-    max_retry_seconds: float = D.MAX_RETRY_S
-    resubmit_hold: float = D.RESUBMIT_HOLD_S
-
-    @property
-    def identity_url(self) -> str:
-        return (self.identity or f"{self.endpoint.rstrip('/')}/identity").rstrip("/")
-
-    def redacted(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "endpoint": self.endpoint,
-            "identity": self.identity_url,
-            "client_id": self.client_id,
-            "client_secret": D.SECRET_MASK,
-        }
-        if self.client_secret_file is not None:
-            out["client_secret_file"] = str(self.client_secret_file)
-        out.update(
-            poll_interval=self.poll_interval,
-            calls_per_20s=self.calls_per_20s,
-            max_concurrent_calls=self.max_concurrent_calls,
-            max_open_imports=self.max_open_imports,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_retry_seconds=self.max_retry_seconds,
-            resubmit_hold=self.resubmit_hold,
-        )
-        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +71,8 @@ class Route:
     marker: str | None = None
     trim_header: bool = False
     encoding: str | None = None
+    #: The Marketo instance (a name from ``marketo``/``instances``): the route's own, else its inbox's.
+    instance: str = D.DEFAULT_INSTANCE
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +92,7 @@ class Route:
         leads = self.object is ObjectKind.LEADS
         return ImportTarget(
             kind=self.object,
+            instance=self.instance,
             lookup_field=(self.lookup_field or D.LOOKUP_FIELD) if leads else None,
             list_id=self.list_id,
             partition_name=self.partition_name,
@@ -155,7 +115,7 @@ class Route:
         out: dict[str, Any] = {"match": self.match, "object": self.object.value}
         out.update({k: v for k, v in self.marketo_params().items() if k != "format"})
         out["format"] = self.format.value if self.format else None
-        out.update(marker=self.marker, trim_header=self.trim_header, encoding=self.encoding)
+        out.update(marker=self.marker, trim_header=self.trim_header, encoding=self.encoding, instance=self.instance)
         return out
 
 
@@ -169,6 +129,8 @@ class Inbox:
     scan_interval: float = D.SCAN_INTERVAL_S
     quiet_period: float = D.QUIET_PERIOD_S
     stale_partial_after: float = D.STALE_PARTIAL_AFTER_S
+    #: The inbox's Marketo instance when it names one; each route has the one it uses.
+    instance: str | None = None
 
     @property
     def processing_dir(self) -> Path:
@@ -189,6 +151,7 @@ class Inbox:
             "scan_interval": self.scan_interval,
             "quiet_period": self.quiet_period,
             "stale_partial_after": self.stale_partial_after,
+            "instance": self.instance,
             "routes": [r.redacted() for r in self.routes],
         }
 
@@ -216,19 +179,26 @@ class LogSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-    marketo: MarketoSettings
+    marketo: MarketoSettings  # the default instance
     state_dir: Path
     inboxes: tuple[Inbox, ...]
+    #: The other instances, by name (``instances:``).
+    instances: Mapping[str, MarketoSettings] = field(default_factory=dict)
     split_max_bytes: int = D.SPLIT_MAX_BYTES
     http: HttpSettings | None = None
     log: LogSettings = field(default_factory=LogSettings)
     source: str = "config.yaml"
+
+    def all_instances(self) -> dict[str, MarketoSettings]:
+        """Every instance by name, the default (``marketo:``) first."""
+        return {self.marketo.name: self.marketo, **self.instances}
 
     def redacted(self) -> dict[str, Any]:
         """The whole configuration, defaults filled in, secrets masked: for ``dropzone check``."""
         return {
             "source": self.source,
             "marketo": self.marketo.redacted(),
+            "instances": {name: i.redacted() for name, i in self.instances.items()},
             "state_dir": str(self.state_dir),
             "split_max_bytes": self.split_max_bytes,
             "inboxes": [i.redacted() for i in self.inboxes],
@@ -239,24 +209,11 @@ class Config:
 
 # --- Parsing -----------------------------------------------------------------
 
-_TOP_KEYS = ("marketo", "state_dir", "inboxes", "split_max_bytes", "http", "log")
-_MARKETO_KEYS = (
-    "endpoint",
-    "identity",
-    "client_id",
-    "client_secret",
-    "client_secret_file",
-    "poll_interval",
-    "calls_per_20s",
-    "max_concurrent_calls",
-    "max_open_imports",
-    "connect_timeout",
-    "read_timeout",
-    "max_retry_seconds",
-    "resubmit_hold",
+_TOP_KEYS = ("marketo", "state_dir", "instances", "inboxes", "split_max_bytes", "http", "log")
+_INBOX_KEYS = (
+    "path", "outbox", "archive", "routes", "watch", "scan_interval", "quiet_period", "stale_partial_after", "instance"
 )
-_INBOX_KEYS = ("path", "outbox", "archive", "routes", "watch", "scan_interval", "quiet_period", "stale_partial_after")
-_ROUTE_COMMON_KEYS = ("match", "object", "format", "marker", "trim_header", "encoding")
+_ROUTE_COMMON_KEYS = ("match", "object", "format", "marker", "trim_header", "encoding", "instance")
 _ROUTE_PARAM_KEYS: Final[dict[ObjectKind, tuple[str, ...]]] = {
     ObjectKind.LEADS: ("lookupField", "listId", "partitionName"),
     ObjectKind.CUSTOM_OBJECT: ("apiName",),
@@ -329,20 +286,23 @@ def load(path: str | os.PathLike[str]) -> Config:
 
 def _config(ctx: Context, data: object) -> Config:
     top = Section(ctx, data, "", _TOP_KEYS)
-    marketo = _marketo(ctx, top.raw("marketo", required=True))
+    instances = parse_instances(ctx, top.raw("marketo", required=True), top.raw("instances"))
+    marketo = instances.pop(D.DEFAULT_INSTANCE)
     state_dir = top.path("state_dir")
     raw_inboxes = top.raw("inboxes", required=True)
     if not isinstance(raw_inboxes, list):
         raise top.error("inboxes", f"expected a list, got {describe(raw_inboxes)}")
     if not raw_inboxes:
         raise top.error("inboxes", "must list at least one inbox")
-    inboxes = tuple(_inbox(ctx, item, join("inboxes", i)) for i, item in enumerate(raw_inboxes))
+    names = (D.DEFAULT_INSTANCE, *instances)
+    inboxes = tuple(_inbox(ctx, item, join("inboxes", i), names) for i, item in enumerate(raw_inboxes))
     _check_layout(ctx, state_dir, inboxes)
     split_max_bytes = top.integer("split_max_bytes", D.SPLIT_MAX_BYTES, low=1, high=D.MARKETO_MAX_IMPORT_BYTES)
     http = _http(ctx, top.raw("http")) if "http" in top.data else None
     log = _log(ctx, top.raw("log")) if top.has("log") else LogSettings()
     return Config(
         marketo=marketo,
+        instances=instances,
         state_dir=state_dir,
         inboxes=inboxes,
         split_max_bytes=split_max_bytes,
@@ -352,57 +312,26 @@ def _config(ctx: Context, data: object) -> Config:
     )
 
 
-def _marketo(ctx: Context, data: object) -> MarketoSettings:
-    s = Section(ctx, data, "marketo", _MARKETO_KEYS)
-    endpoint = s.url("endpoint")
-    if endpoint.endswith("/rest"):
-        raise s.error("endpoint", f"{endpoint!r}: give the endpoint without /rest")
-    identity = s.url("identity", None) or f"{endpoint}/identity"
-    client_id = s.string("client_id")
-    if s.has("client_secret") and s.has("client_secret_file"):
-        raise s.error("client_secret", "give client_secret or client_secret_file, not both")
-    secret_file: Path | None = None
-    if s.has("client_secret_file"):
-        secret_file = s.path("client_secret_file")
-        try:
-            secret = ctx.read_file(str(secret_file)).rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise s.error("client_secret_file", f"cannot read {secret_file}: {os_problem(exc)}") from None
-        if not secret.strip():
-            raise s.error("client_secret_file", f"{secret_file} is empty")
-    elif s.has("client_secret"):
-        secret = s.string("client_secret")
-    else:
-        raise s.error("client_secret", "is required (or client_secret_file)")
-    max_open_imports = s.integer("max_open_imports", D.MAX_OPEN_IMPORTS, low=1, high=D.MARKETO_MAX_OPEN_IMPORTS)
-    return MarketoSettings(
-        endpoint=endpoint,
-        identity=identity,
-        client_id=client_id,
-        client_secret=secret,
-        client_secret_file=secret_file,
-        poll_interval=s.seconds("poll_interval", D.POLL_INTERVAL_S),
-        calls_per_20s=s.integer("calls_per_20s", D.CALLS_PER_20S, low=1, high=D.MARKETO_CALLS_PER_WINDOW),
-        max_concurrent_calls=s.integer(
-            "max_concurrent_calls", D.MAX_CONCURRENT_CALLS, low=1, high=D.MARKETO_MAX_CONCURRENT_CALLS
-        ),
-        max_open_imports=max_open_imports,
-        connect_timeout=s.seconds("connect_timeout", D.CONNECT_TIMEOUT_S),
-        read_timeout=s.seconds("read_timeout", D.READ_TIMEOUT_S),
-        max_retry_seconds=s.seconds("max_retry_seconds", D.MAX_RETRY_S, allow_zero=True),
-        resubmit_hold=s.seconds("resubmit_hold", D.RESUBMIT_HOLD_S, allow_zero=True),
-    )
+def _instance(s: Section, names: Sequence[str], default: str | None) -> str | None:
+    name: str | None = s.string("instance", default)
+    if name is not None and name not in names:
+        raise s.error("instance", f"{name!r} is not a configured instance; one of {', '.join(names)}")
+    return name
 
 
-def _inbox(ctx: Context, data: object, path: str) -> Inbox:
+def _inbox(ctx: Context, data: object, path: str, names: Sequence[str]) -> Inbox:
     s = Section(ctx, data, path, _INBOX_KEYS)
     inbox_path = s.path("path")
+    instance = _instance(s, names, None)
     raw_routes = s.raw("routes", required=True)
     if not isinstance(raw_routes, list):
         raise s.error("routes", f"expected a list, got {describe(raw_routes)}")
     if not raw_routes:
         raise s.error("routes", "must list at least one route")
-    routes = tuple(_route(ctx, item, join(s.key("routes"), i)) for i, item in enumerate(raw_routes))
+    routes = tuple(
+        _route(ctx, item, join(s.key("routes"), i), names, instance or D.DEFAULT_INSTANCE)
+        for i, item in enumerate(raw_routes)
+    )
     inbox = Inbox(
         path=inbox_path,
         outbox=s.path("outbox"),
@@ -412,6 +341,7 @@ def _inbox(ctx: Context, data: object, path: str) -> Inbox:
         scan_interval=s.seconds("scan_interval", D.SCAN_INTERVAL_S),
         quiet_period=s.seconds("quiet_period", D.QUIET_PERIOD_S, allow_zero=True),
         stale_partial_after=s.seconds("stale_partial_after", D.STALE_PARTIAL_AFTER_S),
+        instance=instance,
     )
     markers = inbox.marker_suffixes
     for i, route in enumerate(routes):
@@ -424,7 +354,7 @@ def _inbox(ctx: Context, data: object, path: str) -> Inbox:
     return inbox
 
 
-def _route(ctx: Context, data: object, path: str) -> Route:
+def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_instance: str) -> Route:
     s = Section(ctx, data, path, _ROUTE_KEYS)
     match = s.string("match")
     try:
@@ -472,6 +402,7 @@ def _route(ctx: Context, data: object, path: str) -> Route:
         marker=marker,
         trim_header=s.boolean("trim_header", False),
         encoding=encoding,
+        instance=_instance(s, names, inbox_instance) or inbox_instance,
         **params,
     )
 

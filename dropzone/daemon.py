@@ -5,12 +5,13 @@ the journal:
 
 1. ``intake`` (one per inbox): scan, readiness, claim;
 2. ``prepare``: route once, check the header, split;
-3. ``dispatch``: submit within Marketo's queue, poll, fetch result files;
+3. ``dispatch`` (one per Marketo instance): submit within its queue, poll, fetch result files;
 4. ``report``: status, failures and warnings files, archive.
 
 This module owns only the loop, signals' effects (stop, reload), the
-heartbeat and start-up recovery. One thread owns the journal and every HTTP
-call; watchdog threads only put hints on a queue. Every state is saved in
+heartbeat and start-up recovery. One thread owns the journal; Marketo calls
+run on each instance's own threads and hand their results back to it, and
+watchdog threads only put hints on a queue. Every state is saved in
 the journal before the action it enables, so a SIGKILL at any point loses
 nothing.
 """
@@ -21,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -30,10 +32,11 @@ from dropzone import defaults as D
 from dropzone import intake as intake_module
 from dropzone.config import Config, Inbox, MarketoSettings
 from dropzone.dispatch import Dispatch
-from dropzone.errors import DropzoneError, Interrupted
+from dropzone.errors import DropzoneError, Interrupted, WouldWaitError
 from dropzone.intake import Intake
 from dropzone.jobs import ChunkState, FileState
 from dropzone.marketo import MarketoClient
+from dropzone.owners import assign_owners
 from dropzone.preflight import reloadable
 from dropzone.prepare import Prepare
 from dropzone.report import Report
@@ -50,7 +53,6 @@ class Daemon:
 
     Args:
         config: the parsed configuration.
-        client: a Marketo client (tests inject one); made from the config otherwise.
         stop: set it to stop the loop (signal handlers do).
         clock: monotonic seconds.
         reload_config: reads the configuration again (SIGHUP).
@@ -61,7 +63,6 @@ class Daemon:
         self,
         config: Config,
         *,
-        client: MarketoClient | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         reload_config: Callable[[], Config] | None = None,
@@ -88,13 +89,19 @@ class Daemon:
             self.store, self.inbox_of, config.state_dir, config.split_max_bytes, self.metrics, self._heartbeat,
             pins=self.pins,
         )
-        self.dispatch = Dispatch(
-            self.store, client or self._client(config.marketo), config.marketo, self.metrics, self._heartbeat
-        )
+        #: One dispatch stage per Marketo instance, by name; a reload adds, rebuilds and drains them.
+        self.dispatches: dict[str, Dispatch] = {
+            name: self._dispatch(settings) for name, settings in config.all_instances().items()
+        }
         self.report = Report(
             self.store, self.inbox_of, config.state_dir, self.metrics, self._heartbeat, pins=self.pins
         )
         self.last_tick = clock()
+
+    @property
+    def dispatch(self) -> Dispatch:
+        """The default instance's stage."""
+        return self.dispatches[D.DEFAULT_INSTANCE]
 
     @property
     def client(self) -> MarketoClient:
@@ -103,11 +110,24 @@ class Daemon:
     def _client(self, settings: MarketoSettings) -> MarketoClient:
         return MarketoClient(
             settings,
-            sleep=self._sleep,
-            on_call=self.metrics.on_call,
+            sleep=self._no_waiting,
+            on_call=self.metrics.instance(settings.name).on_call,
             # During transfers: a heartbeat, and Interrupted once a shutdown is asked for.
             tick=lambda: self._sleep(0.0),
         )
+
+    def _dispatch(self, settings: MarketoSettings) -> Dispatch:
+        # Calls run on the instance's own threads: a slow upload or a sick instance never holds the loop.
+        # The client's semaphore keeps them within max_concurrent_calls.
+        calls = ThreadPoolExecutor(D.MARKETO_MAX_CONCURRENT_CALLS, thread_name_prefix=f"dropzone-{settings.name}")
+        return Dispatch(
+            self.store, self._client(settings), settings, self.metrics.instance(settings.name), self._heartbeat,
+            calls=calls, wake=self._wake,
+        )
+
+    def _wake(self) -> None:
+        """A call finished (on its thread): end the loop's idle wait. A hint no inbox takes."""
+        self.hints.put((Path(), ""))
 
     def _intake(self, inbox: Inbox) -> Intake:
         return Intake(inbox, self.store, self.hints, heartbeat=self._heartbeat, pins=self.pins)
@@ -136,10 +156,19 @@ class Daemon:
             if self.stop.wait(min(left, 5.0)):
                 raise Interrupted
 
+    def _no_waiting(self, seconds: float) -> None:
+        """The clients' sleep: a wait belongs to its instance (``WouldWaitError``: the stage pauses it), never
+        to the loop that also serves the other instances, the inboxes and the outboxes."""
+        if seconds > 0:
+            raise WouldWaitError(seconds)
+        self._sleep(0.0)
+
     def close(self) -> None:
+        self.stop.set()  # calls still running end at their next tick (Interrupted); the journal has them
         for intake in self.intakes.values():
             intake.stop()
-        self.client.close()
+        for dispatch in self.dispatches.values():
+            dispatch.close()
         self.store.close()
 
     def start(self) -> None:
@@ -151,7 +180,9 @@ class Daemon:
         self._pin_folders()
         self._update_readiness()
         self.metrics.set_ready_inputs(config_loaded=True)
-        log.info("daemon_started", inboxes=len(self.intakes), version=__version__)
+        log.info(
+            "daemon_started", inboxes=len(self.intakes), instances=sorted(self.dispatches), version=__version__
+        )
         notify.ready()
         notify.status(f"watching {len(self.intakes)} inbox(es)")
 
@@ -160,9 +191,11 @@ class Daemon:
         self.pins.update(intake_module.pins_of(i.inbox for i in self.intakes.values()))
 
     def recover(self) -> None:
-        """Put what a crash interrupted back on its way: claims first, then chunks."""
+        """Put what a crash interrupted back on its way: claims first, then chunks, each on its instance."""
         intake_module.recover_claims(self.store)
-        self.dispatch.recover(self.clock())
+        assign_owners(self.store, self.config.all_instances())
+        for dispatch in self.dispatches.values():
+            dispatch.recover(self.clock())
 
     def _update_readiness(self) -> None:
         self.metrics.set_ready_inputs(
@@ -200,7 +233,7 @@ class Daemon:
         """Wait until a hint arrives, a poll is due, or ``max_idle`` has passed."""
         self._heartbeat()
         wait = self.max_idle
-        next_poll = self.dispatch.next_due()
+        next_poll = min((t for d in self.dispatches.values() if (t := d.next_due()) is not None), default=None)
         if next_poll is not None:
             wait = min(wait, max(0.0, next_poll - self.clock()))
         try:
@@ -231,7 +264,9 @@ class Daemon:
         for intake in list(self.intakes.values()):
             busy |= intake.run_once(now)
         busy |= self.prepare.run_once(self.clock())
-        busy |= self.dispatch.run_once(self.clock())
+        for dispatch in list(self.dispatches.values()):
+            busy |= dispatch.run_once(self.clock())
+        self._retire_drained()
         busy |= self.report.run_once(self.clock())
         self._update_gauges()
         return busy
@@ -250,8 +285,53 @@ class Daemon:
         now = self.clock()
         counts = [i.waiting(now) for i in self.intakes.values()]
         self.metrics.set_waiting(sum(n for n, _ in counts), min((t for _, t in counts if t is not None), default=None))
-        queued = self.store.count_chunks([ChunkState.PENDING, ChunkState.SUBMITTING])
-        self.metrics.set_batches(open=self.dispatch.open_batches(), queued=queued)
+        for name, dispatch in self.dispatches.items():
+            queued = self.store.count_chunks([ChunkState.PENDING, ChunkState.SUBMITTING], instance=name)
+            dispatch.metrics.set_batches(open=dispatch.open_batches(), queued=queued)
+
+    # ---- instances --------------------------------------------------------
+
+    def _reload_instances(self, wanted: dict[str, MarketoSettings]) -> list[str]:
+        """Add, rebuild and drain dispatch stages to match ``wanted``; what changed, for the log.
+
+        A removed instance's stage keeps running, sending nothing, until the
+        batches it has open are finished (``_retire_drained``); one renamed
+        (its endpoint now under another name) hands its chunks to the new name.
+        """
+        changes: list[str] = []
+        endpoints = {s.subscription for s in wanted.values()}
+        for name, dispatch in self.dispatches.items():
+            if name not in wanted and not dispatch.draining:
+                # Renamed (its endpoint is configured under another name): its chunks follow the new name.
+                dispatch.draining = dispatch.settings.subscription not in endpoints
+                changes.append(f"instance removed: {name}" + (" (finishing its batches)" if dispatch.draining else ""))
+        for name, settings in wanted.items():
+            current = self.dispatches.get(name)
+            if current is not None and current.settings == settings and not current.draining:
+                continue
+            if current is not None:
+                current.replace_client(self._client(settings), settings)
+                current.draining = False
+            else:
+                self.dispatches[name] = self._dispatch(settings)
+            changes.append(f"instance {'changed' if current else 'added'}: {name}")
+        draining = [n for n, d in self.dispatches.items() if d.draining]
+        assign_owners(self.store, wanted, draining=draining)
+        for name in [n for n in self.dispatches if n not in wanted and n not in draining]:
+            self._drop_instance(name)
+        return changes
+
+    def _retire_drained(self) -> None:
+        for name in [n for n, d in self.dispatches.items() if d.draining and not d.has_open()]:
+            self._drop_instance(name)
+            # Chunks it may have put back (an upload Marketo did not execute) now fail with the reason.
+            draining = [n for n, d in self.dispatches.items() if d.draining]
+            assign_owners(self.store, self.config.all_instances(), draining=draining)
+            log.info("instance_retired", instance=name)
+
+    def _drop_instance(self, name: str) -> None:
+        self.dispatches.pop(name).close()
+        self.metrics.forget_instance(name)
 
     # ---- reload -----------------------------------------------------------
 
@@ -290,11 +370,7 @@ class Daemon:
             self.intakes[path].start()
             self._retired.pop(path, None)
             changes.append(f"inbox {'changed' if current else 'added'}: {path}")
-        if new.marketo != self.config.marketo:
-            self.dispatch.client.close()
-            self.dispatch.client = self._client(new.marketo)
-            self.dispatch.settings = new.marketo
-            changes.append("marketo settings changed")
+        changes += self._reload_instances(new.all_instances())
         if new.split_max_bytes != self.config.split_max_bytes:
             self.prepare.split_max_bytes = new.split_max_bytes
             changes.append("split_max_bytes changed")

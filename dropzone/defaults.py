@@ -24,9 +24,13 @@ MARKETO_MAX_IMPORT_BYTES: Final = 10_000_000
 
 # --- The client ----------------------------------------------------------------
 
-CALLS_PER_20S: Final = 80
-"""Our share of the 20 s window; the others keep some headroom."""
-MAX_CONCURRENT_CALLS: Final = 10
+DEFAULT_INSTANCE: Final = "default"
+"""The name of the ``marketo:`` instance; ``instances:`` adds others by name."""
+CALLS_PER_20S: Final = 50
+"""Our share of the 20 s window: Adobe asks a third-party integration to stay within
+50 calls / 20 s, leaving the rest to the customer's other integrations."""
+MAX_CONCURRENT_CALLS: Final = 5
+"""Adobe's integration best practice: at most 5 concurrent requests (Marketo's hard limit is 10)."""
 MAX_OPEN_IMPORTS: Final = 10
 POLL_INTERVAL_S: Final = 5.0
 """The longest wait between two status polls of one import."""

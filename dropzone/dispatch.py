@@ -1,20 +1,26 @@
 """Dispatch: send pending chunks within Marketo's queue, poll their batches, fetch the result files.
 
-Each pass (``run_once``):
+One ``Dispatch`` per Marketo instance: its own client (token, rate window,
+concurrency), queue admission and pauses, over the chunks the journal gives
+its instance, so trouble on one instance never slows another. Each pass
+(``run_once``):
 
+* **collect**: the calls that finished since the last pass have their
+  results applied to the journal (``jobs.after_submit``, ``after_poll``,
+  ``after_fetch`` decide what each means);
 * **admission and submit**: pending chunks go to Marketo while fewer than
   ``max_open_imports`` of ours are open, one open import per static list,
-  round-robin across inboxes (``jobs.pick_next``); what each answer does to
-  the chunk and to further submissions is ``jobs.after_submit``'s decision;
+  round-robin across inboxes (``jobs.pick_next``);
 * **poll**: the batches Marketo can be finishing, on ``jobs.poll_delay``'s
-  schedule; what each answer does is ``jobs.after_poll``'s decision;
+  schedule;
 * **fetch**: the failure and warning files of finished batches, into the
-  work area (``jobs.after_fetch``).
+  work area.
 
-Every state is journalled before the action it enables: ``submitting``
-right before the upload's bytes go out, the batchId right after. One
-chunk's trouble is that chunk's: an error on one item is logged and the
-pass goes on.
+Calls run on ``calls`` (``calls.py``): the daemon gives each instance a few
+threads, so a slow upload or a sick instance never holds the loop; tests
+run them inline. Only the loop's thread writes the journal: a chunk is
+``submitting`` before its upload is handed over, the batchId is saved when
+the answer is collected. One chunk's trouble is that chunk's.
 """
 
 from __future__ import annotations
@@ -23,19 +29,26 @@ import datetime as dt
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
+from typing import Any
 
 import structlog
 
-from dropzone import health, jobs, outbox
-from dropzone.config import MarketoSettings
-from dropzone.errors import Interrupted, MarketoError, QuotaExceededError, StoreError
-from dropzone.jobs import ChunkAction, ChunkState, FetchAction, FileState, Pause, PollAction
+from dropzone import calls as calls_module
+from dropzone import health, jobs
+from dropzone.calls import Attempt, Downloaded, Inline
+from dropzone.errors import Interrupted, MarketoError, QuotaExceededError, StoreError, WouldWaitError
+from dropzone.instances import MarketoSettings
+from dropzone.jobs import ChunkAction, ChunkState, FileState, Pause, PollAction
 from dropzone.marketo import BatchStatus, MarketoClient
 from dropzone.store import ChunkRow, Counts, FileRow, Store
 
 log = structlog.get_logger("dropzone.dispatch")
+
+#: States in which a chunk's bytes may be at Marketo and its batch is not finished with.
+SENT = (ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING)
 
 
 @dataclass
@@ -47,6 +60,15 @@ class _Poll:
 
 
 @dataclass
+class _Call:
+    """A call handed to ``calls``; ``apply`` writes its result on the loop's thread."""
+
+    future: Future[Attempt[Any]]
+    apply: Callable[[Any, Exception | None, float], None]
+    kind: str
+
+
+@dataclass
 class Pauses:
     """Marketo said "not now": until when each kind of call waits (monotonic seconds)."""
 
@@ -55,40 +77,55 @@ class Pauses:
     lists_until: dict[int, float] = field(default_factory=dict)
     targets_until: dict[str, float] = field(default_factory=dict)  # by serialised import target
     queue_full_streak: int = 0
+    transient_streak: int = 0
     misconfigured: str | None = None  # why, while the integration itself is refused
 
 
 @dataclass
 class Dispatch:
-    """The dispatch stage.
+    """The dispatch stage of one Marketo instance.
 
     Args:
         store: the journal.
-        client: the Marketo client (the daemon rebuilds it on reload).
-        settings: the instance's settings (queue size, poll interval, resubmit hold).
-        metrics: batches, polls, readiness.
+        client: the instance's Marketo client (``replace_client`` on reload).
+        settings: the instance's settings (name, queue size, poll interval, resubmit hold).
+        metrics: the instance's batches, polls, readiness.
         heartbeat: called per item.
         wall: wall-clock seconds (resubmit holds survive restarts).
+        calls: where calls run (``Inline``: in ``run_once`` itself).
+        wake: called from a call's thread when it finishes, to end the loop's idle wait.
     """
 
     store: Store
     client: MarketoClient
     settings: MarketoSettings
-    metrics: health.Metrics
+    metrics: health.InstanceMetrics
     heartbeat: Callable[[], None] = lambda: None
     wall: Callable[[], float] = time.time
+    calls: Executor = field(default_factory=Inline)
+    wake: Callable[[], None] = lambda: None
     #: How long each pause lasts (tests pass a quicker one).
     pause_for: Callable[..., float] = jobs.pause_seconds
     pauses: Pauses = field(default_factory=Pauses)
+    #: Removed from the configuration by a reload: finishes the batches it has open, sends nothing new.
+    draining: bool = False
     _polls: dict[int, _Poll] = field(default_factory=dict)
+    _running: dict[int, _Call] = field(default_factory=dict)  # by chunk id: one call per chunk at a time
+    _old_clients: list[MarketoClient] = field(default_factory=list)
     #: Journal writes a brief journal error kept from being made, in order: made before anything else.
     _unsaved: list[Callable[[], None]] = field(default_factory=list)
     _last_inbox: str | None = None
 
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
     def run_once(self, now: float) -> bool:
         if not self._save_unsaved():
             return False  # the journal is still unavailable: nothing else until it takes our writes
-        busy = self._submit(now)
+        busy = self._collect(now)
+        if not self.draining:
+            busy |= self._submit(now)
         busy |= self._poll(now)
         busy |= self._fetch(now)
         return busy
@@ -103,11 +140,53 @@ class Dispatch:
             self._unsaved.pop(0)
         return True
 
+    # ---- calls ------------------------------------------------------------------
+
+    def _start(self, chunk_id: int, kind: str, call: Callable[[], Any], apply: Callable[..., None], now: float) -> None:
+        future = calls_module.start(self.calls, call)
+        self._running[chunk_id] = _Call(future, apply, kind)
+        future.add_done_callback(lambda _f: self.wake())
+        if future.done():
+            self._finish(chunk_id, now)  # inline: applied in this pass, as if the call were ours
+
+    def _collect(self, now: float) -> bool:
+        finished = [chunk_id for chunk_id, call in self._running.items() if call.future.done()]
+        for chunk_id in finished:
+            self._finish(chunk_id, now)
+        if not self._running:
+            while self._old_clients:
+                self._old_clients.pop().close()
+        return bool(finished)
+
+    def _finish(self, chunk_id: int, now: float) -> None:
+        call = self._running.pop(chunk_id)
+        attempt = call.future.result()  # Interrupted (shutdown) is raised here, on the loop's thread
+        try:
+            call.apply(attempt.value, attempt.error, now)
+        except (sqlite3.Error, StoreError) as exc:
+            # The journal is briefly unavailable: keep what must be written and write it first next pass.
+            log.error("journal_write_failed_will_retry", error=str(exc))
+            self._unsaved.append(partial(call.apply, attempt.value, attempt.error, now))
+
+    def _count(self, kind: str) -> int:
+        return sum(1 for call in self._running.values() if call.kind == kind)
+
+    def replace_client(self, client: MarketoClient, settings: MarketoSettings) -> None:
+        """New settings (a reload): calls still running finish on the old client, closed after them."""
+        self._old_clients.append(self.client)
+        self.client, self.settings = client, settings
+
+    def close(self) -> None:
+        """Wait for running calls (a shutdown interrupts them within a second), close the clients."""
+        self.calls.shutdown(wait=True, cancel_futures=True)
+        for client in [self.client, *self._old_clients]:
+            client.close()
+
     # ---- recovery -------------------------------------------------------------
 
     def recover(self, now: float) -> None:
         """Put chunks a crash interrupted back on their way (``jobs.recovery_action``)."""
-        for chunk in self.store.chunks([ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING]):
+        for chunk in self.store.chunks(SENT, instance=self.name):
             match jobs.recovery_action(chunk.state):
                 case jobs.RecoveryAction.RESUBMIT:
                     why = "dropzone stopped between the upload and its answer"
@@ -126,21 +205,32 @@ class Dispatch:
     def open_batches(self) -> int:
         return len(self._polls)
 
+    def has_open(self) -> bool:
+        """Whether any chunk of this instance is sent and not finished (a draining stage is done without)."""
+        return bool(self._running) or self.store.count_chunks(SENT, instance=self.name) > 0
+
     def next_due(self) -> float | None:
-        """When a poll is next due (monotonic), for the loop's idle wait."""
-        return jobs.next_poll_at(jobs.PollPlan(c, p.batch_id, p.due, p.last_polled) for c, p in self._polls.items())
+        """When a poll is next due (monotonic), for the loop's idle wait; never inside a pause."""
+        due = jobs.next_poll_at(
+            jobs.PollPlan(c, p.batch_id, p.due, p.last_polled) for c, p in self._polls.items() if c not in self._running
+        )
+        return None if due is None else max(due, self.pauses.api_until)
 
     # ---- submit -----------------------------------------------------------------
 
     def _submit(self, now: float) -> bool:
-        if now < max(self.pauses.submits_until, self.pauses.api_until):
+        if self._submits_paused(now):
             return False
-        pending = self.store.chunks([ChunkState.PENDING])
+        # Leave a thread for polls: an upload may take minutes.
+        most = max(1, self.settings.max_concurrent_calls - 1)
+        if self._count("submit") >= most:
+            return False
+        pending = [c for c in self.store.chunks([ChunkState.PENDING], instance=self.name) if c.id not in self._running]
         if not pending:
             return False
         wall = self.wall()
         files = {row.id: row for row in self.store.files([FileState.SPLIT])}
-        open_chunks = self.store.chunks(jobs.CHUNK_OPEN)
+        open_chunks = self.store.chunks(jobs.CHUNK_OPEN, instance=self.name)
         busy_lists = {self._list_of(files.get(c.file_id)) for c in open_chunks}
         busy_lists |= {lid for lid, until in self.pauses.lists_until.items() if until > now}
         candidates = [
@@ -158,7 +248,7 @@ class Dispatch:
         ]
         busy = False
         n_open = len(open_chunks)
-        while candidates:
+        while candidates and self._count("submit") < most and not self._submits_paused(now):
             slots = jobs.Slots(
                 open=n_open,
                 max_open=self.settings.max_open_imports,
@@ -174,14 +264,14 @@ class Dispatch:
             self.heartbeat()
             row = files[pick.file_id]
             with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=pick.index):
-                decision = self._submit_one(self.store.chunk(pick.chunk_id), row, now)
-            if decision.action is ChunkAction.RECORD_BATCH:
-                n_open += 1
-                if pick.list_id is not None:
-                    busy_lists.add(pick.list_id)
-            if decision.stop:
-                break
+                if self._submit_one(self.store.chunk(pick.chunk_id), row, now):
+                    n_open += 1  # submitting counts as open until its answer says otherwise
+                    if pick.list_id is not None:
+                        busy_lists.add(pick.list_id)
         return busy
+
+    def _submits_paused(self, now: float) -> bool:
+        return now < max(self.pauses.submits_until, self.pauses.api_until)
 
     @staticmethod
     def _target_key(row: FileRow) -> str:
@@ -191,44 +281,37 @@ class Dispatch:
     def _list_of(row: FileRow | None) -> int | None:
         return row.target.list_id if row is not None and row.target is not None else None
 
-    def _submit_one(self, chunk: ChunkRow, row: FileRow, now: float) -> jobs.SubmitDecision:
+    def _submit_one(self, chunk: ChunkRow, row: FileRow, now: float) -> bool:
+        """Hand the chunk's upload over; False when it was not (nothing to send, or the journal failed)."""
         if row.target is None or row.fmt is None:
             self.store.fail_chunk(chunk.id, "the journal lost this chunk's import target; please report this")
-            return jobs.SubmitDecision(ChunkAction.FAIL)
-        error: BaseException | None = None
-        batch = None
+            return False
         try:
-            batch = self.client.submit(
-                row.target,
-                chunk.path,
-                fmt=row.fmt,
-                before_send=lambda: self.store.mark_submitting(chunk.id),
-                not_executed=lambda: self.store.requeue(chunk.id),
-            )
-        except Interrupted:
-            # Shutdown: the journal already says where the chunk is. ``submitting`` (bytes may be
-            # out) is resubmitted after a hold at the next start; ``pending`` was never sent.
-            raise
-        except Exception as exc:  # noqa: BLE001 - jobs.after_submit decides; nothing escapes one chunk
-            error = exc
-        decision = jobs.after_submit(error)
-        try:
-            self._apply_submit(decision, chunk, batch, error, now)
+            # Saved before the bytes can leave: a crash from here on is the one ambiguous window.
+            self.store.mark_submitting(chunk.id, endpoint=self.settings.subscription)
         except (sqlite3.Error, StoreError) as exc:
-            # The journal is briefly unavailable: keep what must be written and write it first next pass.
             log.error("journal_write_failed_will_retry", error=str(exc))
-            self._unsaved.append(lambda: self._apply_submit(decision, chunk, batch, error, now))
-        if decision.pause is not Pause.NONE and error is not None:
-            self._pause(decision.pause, error, row, now)
-        return decision
+            self._pause(Pause.SUBMITS, exc, row, now)
+            return False
+        call = partial(self.client.submit, row.target, chunk.path, fmt=row.fmt, retry_for=0.0)
+        self._start(chunk.id, "submit", call, partial(self._submitted, chunk, row), now)
+        return True
+
+    def _submitted(self, chunk: ChunkRow, row: FileRow, batch: BatchStatus | None, error: Exception | None,
+                   now: float) -> None:
+        decision = jobs.after_submit(error)
+        with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=chunk.index):
+            self._apply_submit(decision, chunk, batch, error, now)
+            if decision.pause is not Pause.NONE and error is not None:
+                self._pause(decision.pause, error, row, now)
 
     def _apply_submit(
-        self, decision: jobs.SubmitDecision, chunk: ChunkRow, batch: BatchStatus | None, error: BaseException | None,
+        self, decision: jobs.SubmitDecision, chunk: ChunkRow, batch: BatchStatus | None, error: Exception | None,
         now: float,
     ) -> None:
         match decision.action:
             case ChunkAction.RECORD_BATCH if batch is not None:
-                self.pauses.queue_full_streak = 0
+                self.pauses.queue_full_streak = self.pauses.transient_streak = 0
                 self.store.record_batch(chunk.id, batch_id=batch.batch_id, status=batch.status)
                 self._polls[chunk.id] = _Poll(
                     batch_id=batch.batch_id, due=now + jobs.poll_delay(0, self.settings.poll_interval), last_polled=now
@@ -241,24 +324,18 @@ class Dispatch:
                 self.store.requeue(chunk.id, unknown=why, not_before=self.wall() + hold)
                 log.warning("submit_outcome_unknown", error=str(error), hold_s=round(hold))
             case ChunkAction.REQUEUE:
-                self._requeue_quietly(chunk.id)
+                if self.store.chunk(chunk.id).state is not ChunkState.PENDING:
+                    self.store.requeue(chunk.id)
             case ChunkAction.FAIL:
                 message = str(error) if not isinstance(error, OSError) else (
                     f"chunk {chunk.index} could not be read from the work area: {error.strerror or error}"
                 )
-                self._fail(chunk.id, message or type(error).__name__)
+                if self.store.chunk(chunk.id).state in (ChunkState.SUBMITTING, ChunkState.PENDING):
+                    self.store.fail_chunk(chunk.id, message or type(error).__name__)
                 if not isinstance(error, MarketoError):
                     log.error("submit_failed_internal_error", error=repr(error))
                 else:
                     log.warning("submit_rejected", code=error.code, error=str(error))
-
-    def _requeue_quietly(self, chunk_id: int) -> None:
-        if self.store.chunk(chunk_id).state is not ChunkState.PENDING:
-            self.store.requeue(chunk_id)
-
-    def _fail(self, chunk_id: int, message: str) -> None:
-        if self.store.chunk(chunk_id).state in (ChunkState.SUBMITTING, ChunkState.PENDING):
-            self.store.fail_chunk(chunk_id, message)
 
     def _pause(self, pause: Pause, error: BaseException, row: FileRow | None, now: float) -> None:
         resets_in = 0.0
@@ -266,8 +343,17 @@ class Dispatch:
             resets_in = (error.resume_at - dt.datetime.now(dt.UTC)).total_seconds()
         if pause is Pause.QUEUE_FULL:
             self.pauses.queue_full_streak += 1
-        seconds = self.pause_for(pause, streak=self.pauses.queue_full_streak, quota_resets_in=resets_in)
+        if pause is Pause.SUBMITS:
+            self.pauses.transient_streak += 1
+        streak = self.pauses.queue_full_streak if pause is Pause.QUEUE_FULL else self.pauses.transient_streak
+        asked = float(getattr(error, "retry_after", None) or 0.0)
+        seconds = self.pause_for(pause, streak=streak, quota_resets_in=resets_in, asked=asked)
         match pause:
+            case Pause.WAIT:
+                # Routine under load (the rate window is full): not worth a warning.
+                self.pauses.api_until = max(self.pauses.api_until, now + seconds)
+                log.debug("marketo_wait", seconds=round(seconds, 2))
+                return
             case Pause.LIST:
                 list_id = self._list_of(row)
                 if list_id is not None:
@@ -303,65 +389,76 @@ class Dispatch:
     def _poll(self, now: float) -> bool:
         if now < self.pauses.api_until:
             return False
-        if len(self._polls) < self.store.count_chunks([ChunkState.SUBMITTED]):
-            # A batch the journal has and this stage lost (an interrupted step): poll it again.
-            for chunk in self.store.chunks([ChunkState.SUBMITTED]):
+        if len(self._polls) < self.store.count_chunks([ChunkState.SUBMITTED], instance=self.name):
+            # A batch the journal has and this stage lost (an interrupted step, a renamed instance).
+            for chunk in self.store.chunks([ChunkState.SUBMITTED], instance=self.name):
                 self._polls.setdefault(chunk.id, _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now))
         busy = False
-        plans = [jobs.PollPlan(cid, p.batch_id, p.due, p.last_polled) for cid, p in self._polls.items()]
+        plans = [
+            jobs.PollPlan(cid, p.batch_id, p.due, p.last_polled) for cid, p in self._polls.items()
+            if cid not in self._running
+        ]
         for chunk_id in jobs.polls_due(plans, now):
+            if now < self.pauses.api_until:
+                break  # the instance asked to wait (``WouldWaitError``): the other polls too
             self._polls[chunk_id].last_polled = now
             chunk = self.store.chunk(chunk_id)
-            if chunk.state is not ChunkState.SUBMITTED:
+            if chunk.state is not ChunkState.SUBMITTED or chunk.instance != self.name or chunk.batch_id is None:
                 self._polls.pop(chunk_id, None)
                 continue
             row = self.store.file(chunk.file_id)
             busy = True
             self.heartbeat()
+            if row.target is None:
+                self.store.fail_chunk(chunk.id, "the journal lost this chunk's import target; please report this")
+                self._polls.pop(chunk_id, None)
+                continue
             with structlog.contextvars.bound_contextvars(
                 inbox=str(row.inbox), file=row.relpath, chunk=chunk.index, batchId=chunk.batch_id
             ):
-                self._poll_one(chunk, row, now)
+                # No retries inside the call: the poll schedule retries.
+                call = partial(self.client.status, row.target, chunk.batch_id, retry_for=0.0)
+                self._start(chunk.id, "poll", call, partial(self._polled, chunk, row), now)
         return busy
 
-    def _poll_one(self, chunk: ChunkRow, row: FileRow, now: float) -> None:
-        poll = self._polls[chunk.id]
-        error: BaseException | None = None
-        status = None
-        try:
-            if row.target is None:
-                raise ValueError("no import target in the journal")
-            # No retries inside the call: the poll schedule retries, and the loop is not held meanwhile.
-            status = self.client.status(row.target, int(chunk.batch_id or 0), retry_for=0.0)
-        except Interrupted:
-            raise
-        except Exception as exc:  # noqa: BLE001 - jobs.after_poll decides
-            error = exc
+    def _polled(self, chunk: ChunkRow, row: FileRow, status: BatchStatus | None, error: Exception | None,
+                now: float) -> None:
+        poll = self._polls.get(chunk.id)
+        if poll is None or self.store.chunk(chunk.id).state is not ChunkState.SUBMITTED:
+            return  # finished or failed meanwhile (a reload moved it)
         action = jobs.after_poll(error, finished=status is not None and status.is_finished)
-        match action:
-            case PollAction.WAIT if status is not None:
-                poll.polls += 1
-                self.metrics.poll_succeeded()
-                poll.due = now + jobs.poll_delay(poll.polls, self.settings.poll_interval)
-                self.store.record_progress(chunk.id, status=status.status, counts=_counts(status))
-            case PollAction.FINISHED if status is not None:
-                self.metrics.poll_succeeded()
-                # Forgotten only once the journal has it: a journal error leaves it polled again.
-                self.store.finish_batch(chunk.id, status=status.status, message=status.message, counts=_counts(status))
-                self._polls.pop(chunk.id, None)
-                log.info("import_finished", status=status.status, processed=status.processed, failed=status.failed)
-            case PollAction.GONE:
-                self.store.fail_chunk(chunk.id, f"Marketo no longer knows batch {chunk.batch_id}: {error}")
-                self._polls.pop(chunk.id, None)
-                log.warning("batch_gone", error=str(error))
-            case PollAction.PAUSE_API:
-                poll.due = now + self.settings.poll_interval
-                if error is not None:
+        with structlog.contextvars.bound_contextvars(
+            inbox=str(row.inbox), file=row.relpath, chunk=chunk.index, batchId=chunk.batch_id
+        ):
+            match action:
+                case PollAction.WAIT if status is not None:
+                    poll.polls += 1
+                    self.metrics.poll_succeeded()
+                    poll.due = now + jobs.poll_delay(poll.polls, self.settings.poll_interval)
+                    self.store.record_progress(chunk.id, status=status.status, counts=_counts(status))
+                case PollAction.FINISHED if status is not None:
+                    self.metrics.poll_succeeded()
+                    # Forgotten only once the journal has it: a journal error leaves it polled again.
+                    self.store.finish_batch(
+                        chunk.id, status=status.status, message=status.message, counts=_counts(status)
+                    )
+                    self._polls.pop(chunk.id, None)
+                    log.info("import_finished", status=status.status, processed=status.processed,
+                             failed=status.failed)
+                case PollAction.GONE:
+                    self.store.fail_chunk(chunk.id, f"Marketo no longer knows batch {chunk.batch_id}: {error}")
+                    self._polls.pop(chunk.id, None)
+                    log.warning("batch_gone", error=str(error))
+                case PollAction.PAUSE_API if error is not None:
+                    poll.due = now + self.settings.poll_interval
                     self._pause(Pause.API, error, row, now)
-            case _:
-                retry_after = getattr(error, "retry_after", None)
-                poll.due = now + max(self.settings.poll_interval, float(retry_after or 0.0))
-                log.info("poll_retry_later", error=str(error) or type(error).__name__)
+                case PollAction.WAIT_INSTANCE if error is not None:
+                    self._pause(Pause.WAIT, error, row, now)
+                    poll.due = self.pauses.api_until
+                case _:
+                    retry_after = getattr(error, "retry_after", None)
+                    poll.due = now + max(self.settings.poll_interval, float(retry_after or 0.0))
+                    log.info("poll_retry_later", error=str(error) or type(error).__name__)
 
     # ---- fetch ------------------------------------------------------------------
 
@@ -369,62 +466,61 @@ class Dispatch:
         if now < self.pauses.api_until:
             return False
         busy = False
-        for chunk in self.store.chunks([ChunkState.FETCHING]):
+        for chunk in self.store.chunks([ChunkState.FETCHING], instance=self.name):
+            if now < self.pauses.api_until:
+                break
+            if chunk.id in self._running:
+                continue
             busy = True
             self.heartbeat()
             row = self.store.file(chunk.file_id)
+            if row.target is None or row.fmt is None:
+                self.store.store_results(chunk.id, failures=None, warnings=None)
+                continue
             with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=chunk.index):
-                try:
-                    self._fetch_one(chunk, row)
-                except Interrupted:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one chunk's trouble stays its own
-                    log.warning("fetch_failed_will_retry", error=str(exc) or type(exc).__name__)
+                call = partial(
+                    calls_module.download_results, self.client, row.target, int(chunk.batch_id or 0), chunk.path,
+                    row.fmt, failed=chunk.failed, warned=chunk.warned,
+                )
+                self._start(chunk.id, "fetch", call, partial(self._fetched, chunk, row), now)
         return busy
 
-    def _fetch_one(self, chunk: ChunkRow, row: FileRow) -> None:
-        unknown = chunk.processed is None or chunk.failed is None or chunk.warned is None
-        found: dict[str, Path | None] = {"failures": None, "warnings": None}
-        rows: dict[str, int] = {"failures": 0, "warnings": 0}
-        fetchers = (("failures", chunk.failed, self.client.failures), ("warnings", chunk.warned, self.client.warnings))
-        for kind, count, fetch in fetchers:
-            # Unknown counters (program members may omit them): the files tell.
-            if row.target is None or (count is not None and count <= 0):
-                continue
-            error: BaseException | None = None
-            body = None
-            try:
-                body = fetch(row.target, int(chunk.batch_id or 0), retry_for=0.0)
-            except Interrupted:
-                raise
-            except Exception as exc:  # noqa: BLE001 - jobs.after_fetch decides
-                error = exc
-            match jobs.after_fetch(error):
-                case FetchAction.RETRY:
-                    log.info("result_file_retry_later", kind=kind, error=str(error))
-                    return
-                case FetchAction.GIVE_UP:
-                    log.warning("result_file_unavailable", kind=kind, error=str(error))
-                case FetchAction.STORE if body:
-                    path = chunk.path.with_name(f"{chunk.path.name}.{kind}")
-                    outbox.atomic_write(path, body)
-                    found[kind] = path
-                    rows[kind] = outbox.count_rows(body, fmt=row.fmt or "csv")
+    def _fetched(self, chunk: ChunkRow, row: FileRow, got: Downloaded | None, error: Exception | None,
+                 now: float) -> None:
+        with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=chunk.index):
+            if got is None or got.retry is not None:
+                why = error or (got.retry if got is not None else None)
+                if isinstance(why, WouldWaitError):
+                    self._pause(Pause.WAIT, why, row, now)
+                else:
+                    # Tried again next pass (the file writes in the work area are idempotent).
+                    log.info("result_file_retry_later", error=str(why) or type(why).__name__)
+                return
+            for kind, why_not in got.gave_up.items():
+                log.warning("result_file_unavailable", kind=kind, error=why_not)
+            self._store_results(chunk, row, got)
+
+    def _store_results(self, chunk: ChunkRow, row: FileRow, got: Downloaded) -> None:
         counts = None
+        unknown = chunk.processed is None or chunk.failed is None or chunk.warned is None
         if unknown and chunk.marketo_status == "Complete":
-            failed = chunk.failed if chunk.failed is not None else rows["failures"]
+            failed = chunk.failed if chunk.failed is not None else got.rows["failures"]
             counts = Counts(
                 processed=chunk.processed if chunk.processed is not None else max(chunk.rows - failed, 0),
                 failed=failed,
-                warned=chunk.warned if chunk.warned is not None else rows["warnings"],
+                warned=chunk.warned if chunk.warned is not None else got.rows["warnings"],
             )
             self.store.add_note(
                 row.id,
                 f"Marketo's status for batch {chunk.batch_id} had no row counts; they were counted "
                 "from its failure and warning files",
             )
-        self.store.store_results(chunk.id, failures=found["failures"], warnings=found["warnings"], counts=counts)
+        self.store.store_results(chunk.id, failures=got.found["failures"], warnings=got.found["warnings"],
+                                 counts=counts)
 
 
 def _counts(status: BatchStatus) -> Counts:
     return Counts(processed=status.processed, failed=status.failed, warned=status.warned)
+
+
+__all__ = ["SENT", "Dispatch", "Interrupted", "Pauses"]

@@ -151,6 +151,21 @@ class OutcomeUnknownError(MarketoError):
         self.reason = reason
 
 
+class WouldWaitError(DropzoneError):
+    """A call would have to wait ``retry_after`` seconds first (its instance's rate window, a retry's
+    backoff, a token being renewed), and its caller asked not to be held.
+
+    The daemon's clients raise it instead of sleeping, so one instance's
+    throttling or trouble never holds the loop that serves the others. Raised
+    only where nothing has been sent, or where Marketo said it did not run the
+    request: the caller simply comes back after ``retry_after``.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"Marketo asks to wait {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
 class Interrupted(BaseException):
     """Shutdown was asked for while waiting: unwinds the current step so the loop can exit.
 

@@ -7,8 +7,12 @@ unless the configuration has an ``http`` section), and ``check``, the client
 side of ``dropzone health``. Does not own when things happen: the daemon calls
 the ``Metrics`` methods; this module never reaches into the daemon.
 
+Marketo metrics and readiness are per instance (``Metrics.instance(name)``,
+an ``instance`` label, a check per instance); file metrics are not.
+
 Threads: the daemon's loop writes, the server's threads read. prometheus_client
-is thread-safe; the few readiness fields here are guarded by one lock.
+is thread-safe; the few readiness fields here (the instances' too) are guarded
+by one lock.
 Times are monotonic seconds from an injected clock (the daemon's).
 """
 
@@ -23,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,8 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from dropzone.defaults import DEFAULT_INSTANCE
 from dropzone.jobs import Outcome
 
 if TYPE_CHECKING:  # `dropzone health` (a HEALTHCHECK every 30 s) need not import requests
@@ -43,12 +49,14 @@ __all__ = [
     "DEFAULT_MARKETO_GRACE",
     "Check",
     "HealthServer",
+    "InstanceMetrics",
     "Metrics",
     "base_url",
     "check",
     "probe_writable",
 ]
 
+"""The instance configured under ``marketo:``; its /readyz checks keep their plain names."""
 DEFAULT_LIVE_WITHIN: Final = 300.0
 """Seconds without a loop tick before /livez fails (systemd's WatchdogSec= is the same).
 The loop ticks in its retry sleeps too, so the longest silence is one blocking call:
@@ -74,8 +82,122 @@ def _answered(outcome: str) -> bool:
     return outcome == "ok" or outcome.isdigit()
 
 
+class InstanceMetrics:
+    """One Marketo instance's share of ``Metrics``: what its client and its dispatch report.
+
+    Get it from ``Metrics.instance(name)``; give ``on_call`` to that instance's
+    ``MarketoClient``. After ``Metrics.forget_instance(name)`` the view is detached
+    and drops what it is told, so a late call from a removed instance's client
+    cannot bring its series back; ``Metrics.instance(name)`` then makes a fresh one.
+    """
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.name = name
+        self._m = metrics
+        # All below guarded by metrics._lock.
+        self._attached = True
+        self._ok_at: float | None = None
+        self._failing_since: float | None = None
+        self._last_poll: float | None = None
+        self._misconfigured: str | None = None
+        self._calls: set[tuple[str, str]] = set()  # (endpoint, code) series to remove when forgotten
+
+    def api_call(self, endpoint: str, outcome: str) -> None:
+        """One HTTP exchange with Marketo. ``endpoint`` must be a small fixed set
+        (``marketo.Endpoint``), never a path with ids in it: each value is a time series."""
+        m, endpoint = self._m, str(endpoint)
+        now = m.clock()
+        with m._lock:
+            if not self._attached:
+                return
+            m.api_calls.labels(endpoint, outcome, self.name).inc()
+            self._calls.add((endpoint, outcome))
+            if endpoint == _IDENTITY and outcome == "ok":
+                m.token_refreshes.labels(self.name).inc()
+            if _answered(outcome):
+                self._ok_at = now
+                self._failing_since = None
+            elif self._failing_since is None:
+                self._failing_since = now
+
+    def on_call(self, record: CallRecord) -> None:
+        """``MarketoClient(on_call=view.on_call)``: the same as ``api_call``."""
+        self.api_call(str(record.endpoint), record.outcome)
+
+    def poll_succeeded(self) -> None:
+        """A batch status poll got Marketo's answer."""
+        now = self._m.clock()
+        with self._m._lock:
+            if self._attached:
+                self._last_poll = now
+
+    def set_batches(self, *, open: int, queued: int) -> None:
+        """Imports open at Marketo, and chunks waiting to be submitted, on this instance."""
+        m = self._m
+        with m._lock:
+            if self._attached:
+                m.batches_open.labels(self.name).set(open)
+                m.batches_queued.labels(self.name).set(queued)
+
+    def set_misconfigured(self, reason: str | None) -> None:
+        """Marketo refuses this integration itself (603, credentials): not ready until it clears."""
+        m = self._m
+        with m._lock:
+            if self._attached:
+                self._misconfigured = reason
+                m.integration_refused.labels(self.name).set(1 if reason else 0)
+
+    def _checks(self, now: float, grace: float) -> list[Check]:
+        """This instance's readiness checks; the caller holds the lock."""
+        default = self.name == DEFAULT_INSTANCE
+        suffix = "" if default else f":{self.name}"
+        who = "" if default else f"instance {self.name}: "
+        checks = []
+        if self._misconfigured is not None:
+            checks.append(Check(f"marketo_access{suffix}", False,
+                                f"{who}Marketo refuses this integration: {self._misconfigured}"))
+        ok_at, failing_since = self._ok_at, self._failing_since
+        if failing_since is not None:
+            failing_for = now - failing_since
+            last = "never answered" if ok_at is None else f"last answered {now - ok_at:.0f} s ago"
+            checks.append(Check(f"marketo{suffix}", failing_for < grace,
+                                f"{who}calls failing for {failing_for:.0f} s (grace {grace:g} s); {last}"))
+        elif ok_at is None:
+            # An idle daemon makes no calls; no evidence of trouble is not trouble.
+            checks.append(Check(f"marketo{suffix}", True, f"{who}no call yet"))
+        else:
+            checks.append(Check(f"marketo{suffix}", True, f"{who}last answered {now - ok_at:.0f} s ago"))
+        return checks
+
+
+class _PollAges:
+    """``dropzone_seconds_since_last_successful_poll{instance}``, computed at scrape time
+    (what ``Gauge.set_function`` does, which labelled gauges lack)."""
+
+    NAME: Final = "dropzone_seconds_since_last_successful_poll"
+    DOC: Final = "Seconds since a batch status poll on this instance last succeeded; NaN before the first."
+
+    def __init__(self, ages: Callable[[], list[tuple[str, float]]]) -> None:
+        self._ages = ages
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.DOC, labels=["instance"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.DOC, labels=["instance"])
+        for name, age in self._ages():
+            family.add_metric([name], age)
+        yield family
+
+
 class Metrics:
     """The daemon's counters and gauges, and the inputs of /livez and /readyz.
+
+    Marketo metrics carry an ``instance`` label, one series per instance; the
+    file metrics do not. Each instance reports through ``instance(name)``; the
+    methods ``api_call``, ``on_call``, ``poll_succeeded``, ``set_batches`` and
+    ``set_misconfigured`` here are the default instance's (``DEFAULT_INSTANCE``,
+    the configuration's ``marketo:``), which exists from the start.
 
     Args:
         clock: monotonic seconds; the daemon passes its own.
@@ -96,14 +218,11 @@ class Metrics:
         self._lock = threading.Lock()
         # Creation counts as a tick: start-up (journal recovery, first scan) is not a hang.
         self._last_tick = clock()
-        self._last_poll: float | None = None
         self._waiting_since: float | None = None
         self._config_loaded = False
         self._state_writable = False
         self._watchers_alive = False
-        self._marketo_ok_at: float | None = None
-        self._marketo_failing_since: float | None = None
-        self._misconfigured: str | None = None
+        self._instances: dict[str, InstanceMetrics] = {}
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -121,11 +240,12 @@ class Metrics:
             "dropzone_rows_warned", "Rows imported with a warning (in the warnings file).", registry=r
         )
         self.batches_open = Gauge(
-            "dropzone_batches_open", "Imports submitted to Marketo and not finished (queued or importing there).",
-            registry=r,
+            "dropzone_batches_open", "Imports submitted to this Marketo instance and not finished (queued or "
+            "importing there).", ["instance"], registry=r,
         )
         self.batches_queued = Gauge(
-            "dropzone_batches_queued", "Chunks split and waiting for dropzone to submit them.", registry=r
+            "dropzone_batches_queued", "Chunks split and waiting for dropzone to submit them to this instance.",
+            ["instance"], registry=r,
         )
         self.files_waiting = Gauge(
             "dropzone_files_waiting", "Files seen in the inboxes and not yet claimed (upload not complete yet).",
@@ -137,30 +257,58 @@ class Metrics:
         ).set_function(self._oldest_waiting_age)
         self.api_calls = Counter(
             "dropzone_api_calls",
-            "Marketo API calls by endpoint and code: ok, Marketo's code (606, 1016, ...), "
+            "Marketo API calls by endpoint, code and instance: ok, Marketo's code (606, 1016, ...), "
             "'HTTP <status>' or the error's class name when Marketo did not answer.",
-            ["endpoint", "code"], registry=r,
+            ["endpoint", "code", "instance"], registry=r,
         )
         self.token_refreshes = Counter(
-            "dropzone_token_refreshes", "Access tokens obtained from Marketo Identity (the first one included).",
-            registry=r,
+            "dropzone_token_refreshes", "Access tokens obtained from an instance's Identity service (the first "
+            "one included).", ["instance"], registry=r,
         )
         self.chunks_split = Counter(
             "dropzone_chunks_split", "Chunks made from files over split_max_bytes (a file sent whole adds nothing).",
             registry=r,
         )
-        Gauge(
-            "dropzone_seconds_since_last_successful_poll",
-            "Seconds since a batch status poll last succeeded; NaN before the first.", registry=r,
-        ).set_function(lambda: self._since(self._last_poll))
+        r.register(_PollAges(self._poll_ages))
         self.integration_refused = Gauge(
             "dropzone_marketo_integration_refused",
-            "1 while Marketo refuses this integration itself (603 access denied, IP allow-list, bad "
-            "credentials): submissions are paused, no file fails for it.", registry=r,
+            "1 while this Marketo instance refuses this integration itself (603 access denied, IP allow-list, bad "
+            "credentials): submissions to it are paused, no file fails for it.", ["instance"], registry=r,
         )
         Gauge(
             "dropzone_seconds_since_last_tick", "Seconds since the main loop last started a pass.", registry=r,
         ).set_function(lambda: self._since(self._last_tick))
+        self.instance(DEFAULT_INSTANCE)
+
+    # ---- instances -------------------------------------------------------------
+
+    def instance(self, name: str) -> InstanceMetrics:
+        """The view of instance ``name``, made on first use (its series start at 0, its checks appear)."""
+        with self._lock:
+            view = self._instances.get(name)
+            if view is None:
+                view = self._instances[name] = InstanceMetrics(self, name)
+                for gauge in (self.token_refreshes, self.batches_open, self.batches_queued, self.integration_refused):
+                    gauge.labels(name)
+            return view
+
+    def instance_names(self) -> list[str]:
+        """The instances known, the default first, then by name: the order of /readyz."""
+        with self._lock:
+            return [view.name for view in self._views()]
+
+    def forget_instance(self, name: str) -> None:
+        """An instance left the configuration: drop its state, its series and its checks.
+        Unknown names are ignored."""
+        with self._lock:
+            view = self._instances.pop(name, None)
+            if view is None:
+                return
+            view._attached = False
+            for endpoint, code in view._calls:
+                self.api_calls.remove(endpoint, code, name)
+            for gauge in (self.token_refreshes, self.batches_open, self.batches_queued, self.integration_refused):
+                gauge.remove(name)
 
     # ---- what the daemon calls -----------------------------------------------
 
@@ -181,30 +329,20 @@ class Metrics:
             self.chunks_split.inc(chunks)
 
     def api_call(self, endpoint: str, outcome: str) -> None:
-        """One HTTP exchange with Marketo. ``endpoint`` must be a small fixed set
-        (``marketo.Endpoint``), never a path with ids in it: each value is a time series."""
-        self.api_calls.labels(str(endpoint), outcome).inc()
-        if str(endpoint) == _IDENTITY and outcome == "ok":
-            self.token_refreshes.inc()
-        now = self.clock()
-        with self._lock:
-            if _answered(outcome):
-                self._marketo_ok_at = now
-                self._marketo_failing_since = None
-            elif self._marketo_failing_since is None:
-                self._marketo_failing_since = now
+        """The default instance's ``InstanceMetrics.api_call``."""
+        self.instance(DEFAULT_INSTANCE).api_call(endpoint, outcome)
 
     def on_call(self, record: CallRecord) -> None:
-        """``MarketoClient(on_call=metrics.on_call)``: the same as ``api_call``."""
-        self.api_call(str(record.endpoint), record.outcome)
+        """``MarketoClient(on_call=metrics.on_call)``: the default instance's ``api_call``."""
+        self.instance(DEFAULT_INSTANCE).on_call(record)
 
     def poll_succeeded(self) -> None:
-        """A batch status poll got Marketo's answer."""
-        self._last_poll = self.clock()
+        """A batch status poll on the default instance got Marketo's answer."""
+        self.instance(DEFAULT_INSTANCE).poll_succeeded()
 
     def set_batches(self, *, open: int, queued: int) -> None:
-        self.batches_open.set(open)
-        self.batches_queued.set(queued)
+        """The default instance's ``InstanceMetrics.set_batches``."""
+        self.instance(DEFAULT_INSTANCE).set_batches(open=open, queued=queued)
 
     def set_waiting(self, count: int, oldest_since: float | None) -> None:
         """Files waiting in the inboxes, and the clock reading when the oldest was first seen
@@ -229,10 +367,8 @@ class Metrics:
                 self._watchers_alive = watchers_alive
 
     def set_misconfigured(self, reason: str | None) -> None:
-        """Marketo refuses this integration itself (603, credentials): not ready until it clears."""
-        with self._lock:
-            self._misconfigured = reason
-        self.integration_refused.set(1 if reason else 0)
+        """The default instance's ``InstanceMetrics.set_misconfigured``."""
+        self.instance(DEFAULT_INSTANCE).set_misconfigured(reason)
 
     # ---- verdicts ------------------------------------------------------------
 
@@ -242,9 +378,17 @@ class Metrics:
         return Check("loop", ok, f"last tick {age:.1f} s ago (limit {self.live_within:g} s)")
 
     def readiness(self) -> list[Check]:
+        """The loop, the configuration, the journal, the watchers, then each Marketo instance.
+
+        Each instance has its own checks, so an operator sees which one is in
+        trouble: ``marketo`` (answering, within ``marketo_grace``) and, while it
+        refuses the integration, ``marketo_access``; for an instance other than
+        the default they are ``marketo:NAME`` and ``marketo_access:NAME``. Any
+        failing check makes the whole daemon not ready, one instance's too: it
+        cannot do all the work it was configured for.
+        """
         now = self.clock()
         with self._lock:
-            ok_at, failing_since = self._marketo_ok_at, self._marketo_failing_since
             checks = [
                 self.liveness(),
                 Check("config", self._config_loaded, "loaded" if self._config_loaded else "not loaded yet"),
@@ -253,22 +397,18 @@ class Metrics:
                 Check("watchers", self._watchers_alive,
                       "all alive" if self._watchers_alive else "an inbox watcher is dead (or not started yet)"),
             ]
-            refused = self._misconfigured
-        if refused is not None:
-            checks.append(Check("marketo_access", False, f"Marketo refuses this integration: {refused}"))
-        if failing_since is not None:
-            failing_for = now - failing_since
-            last = "never answered" if ok_at is None else f"last answered {now - ok_at:.0f} s ago"
-            checks.append(Check(
-                "marketo", failing_for < self.marketo_grace,
-                f"calls failing for {failing_for:.0f} s (grace {self.marketo_grace:g} s); {last}",
-            ))
-        elif ok_at is None:
-            # An idle daemon makes no calls; no evidence of trouble is not trouble.
-            checks.append(Check("marketo", True, "no call yet"))
-        else:
-            checks.append(Check("marketo", True, f"last answered {now - ok_at:.0f} s ago"))
+            for view in self._views():
+                checks += view._checks(now, self.marketo_grace)
         return checks
+
+    def _views(self) -> list[InstanceMetrics]:
+        """The default instance first, then by name; the caller holds the lock."""
+        return sorted(self._instances.values(), key=lambda v: (v.name != DEFAULT_INSTANCE, v.name))
+
+    def _poll_ages(self) -> list[tuple[str, float]]:
+        with self._lock:
+            polls = [(view.name, view._last_poll) for view in self._views()]
+        return [(name, self._since(last)) for name, last in polls]
 
     def _since(self, then: float | None) -> float:
         return math.nan if then is None else max(0.0, self.clock() - then)

@@ -6,7 +6,8 @@ what a poll's outcome does (``after_poll``), what start-up does with each
 state a crash left (``recovery_action``, ``recover_claim``), how long a
 possibly-created copy is waited out (``resubmit_hold``), which pending chunk
 goes to Marketo next (``pick_next``), when a batch is polled again
-(``poll_delay``) and a file's outcome once its chunks are done
+(``poll_delay``), which instance owns a chunk after the configuration
+changed (``chunk_owner``) and a file's outcome once its chunks are done
 (``file_outcome``). Owns no I/O: the store persists these states, the stages
 act on them; every rule here is table-tested with plain values.
 
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dropzone import defaults as D
@@ -264,6 +265,7 @@ class Pause(enum.StrEnum):
     API = "api"  # daily quota: every call waits
     MISCONFIGURED = "misconfigured"  # 603, bad credentials: every submit waits; /readyz says why
     TARGET = "target"  # a route's target is refused (no such list, program, partition): its imports wait
+    WAIT = "wait"  # the instance's rate window or a retry's backoff: every call waits as long as asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +292,8 @@ def after_submit(error: BaseException | None) -> SubmitDecision:
             return SubmitDecision(ChunkAction.REQUEUE, Pause.SUBMITS, stop=True)
         case errors.OutcomeUnknownError():
             return SubmitDecision(ChunkAction.REQUEUE_UNKNOWN)
+        case errors.WouldWaitError():
+            return SubmitDecision(ChunkAction.REQUEUE, Pause.WAIT, stop=True)
         case errors.MisconfiguredError(scope="route"):
             return SubmitDecision(ChunkAction.REQUEUE, Pause.TARGET)
         case errors.MisconfiguredError():
@@ -315,11 +319,17 @@ def after_submit(error: BaseException | None) -> SubmitDecision:
             return SubmitDecision(ChunkAction.FAIL)
 
 
-def pause_seconds(pause: Pause, *, streak: int = 1, quota_resets_in: float = 0.0) -> float:
-    """How long a pause lasts; ``streak`` counts 1016s in a row."""
+def pause_seconds(pause: Pause, *, streak: int = 1, quota_resets_in: float = 0.0, asked: float = 0.0) -> float:
+    """How long a pause lasts.
+
+    ``streak`` counts the same trouble in a row (1016s, transient errors); ``asked`` is what the
+    error asked for (``WouldWaitError``, or the client's retry delay for a transient error).
+    """
     match pause:
         case Pause.NONE:
             return 0.0
+        case Pause.WAIT:
+            return max(asked, 0.0)
         case Pause.QUEUE_FULL:
             return min(D.QUEUE_FULL_PAUSE_S * max(streak, 1), D.QUEUE_FULL_PAUSE_MAX_S)
         case Pause.LIST:
@@ -328,6 +338,9 @@ def pause_seconds(pause: Pause, *, streak: int = 1, quota_resets_in: float = 0.0
             return max(D.QUOTA_PAUSE_MIN_S, quota_resets_in)
         case Pause.MISCONFIGURED | Pause.TARGET:
             return D.MISCONFIGURED_PAUSE_S
+        case Pause.SUBMITS if asked > 0:
+            # The client's own retry delay (a backoff, the 20 s window after a 606), longer each time in a row.
+            return min(asked * 2.0 ** max(streak - 1, 0), max(asked, D.BACKOFF_CAP_S))
         case Pause.SUBMITS:
             return D.TRANSIENT_PAUSE_S
 
@@ -348,6 +361,7 @@ class PollAction(enum.StrEnum):
     FINISHED = "finished"  # Complete or Failed: fetch the result files
     GONE = "gone"  # Marketo's own "batch not found": the batch is lost
     PAUSE_API = "pause_api"  # quota or credentials: every call waits
+    WAIT_INSTANCE = "wait_instance"  # not sent: the instance's calls wait as long as asked (``WouldWaitError``)
 
 
 def after_poll(error: BaseException | None, *, finished: bool = False) -> PollAction:
@@ -363,6 +377,8 @@ def after_poll(error: BaseException | None, *, finished: bool = False) -> PollAc
             return PollAction.GONE
         case errors.QuotaExceededError() | errors.MisconfiguredError():
             return PollAction.PAUSE_API
+        case errors.WouldWaitError():
+            return PollAction.WAIT_INSTANCE
         case _:
             return PollAction.RETRY
 
@@ -371,12 +387,15 @@ class FetchAction(enum.StrEnum):
     STORE = "store"  # the file (or "no rows") is in hand
     GIVE_UP = "give_up"  # Marketo says it has no such file for this batch: report without it
     RETRY = "retry"  # try again later
+    WAIT_INSTANCE = "wait_instance"  # not sent: the instance's calls wait as long as asked (``WouldWaitError``)
 
 
 def after_fetch(error: BaseException | None) -> FetchAction:
     match error:
         case None:
             return FetchAction.STORE
+        case errors.WouldWaitError():
+            return FetchAction.WAIT_INSTANCE
         case errors.BatchNotFoundError() | errors.RejectedError():
             return FetchAction.GIVE_UP
         case _:
@@ -391,3 +410,67 @@ class ClaimRecovery(enum.StrEnum):
 def recover_claim(in_processing_area: bool) -> ClaimRecovery:
     """What start-up does with a file a crash left in ``claiming``."""
     return ClaimRecovery.CONFIRM if in_processing_area else ClaimRecovery.FORGET
+
+
+class Ownership(enum.StrEnum):
+    KEEP = "keep"  # the configured instance of that name is where the chunk's batch is
+    RENAMED = "renamed"  # the endpoint it went to is configured under another name: follow it
+    ORPHANED = "orphaned"  # no configured instance can finish it: fail it, with why
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerDecision:
+    action: Ownership
+    instance: str | None = None  # the new name (RENAMED)
+    reason: str = ""  # for the status file (ORPHANED)
+
+
+def chunk_owner(
+    state: ChunkState,
+    instance: str,
+    sent_to: str | None,
+    configured: Mapping[str, str],
+    last_known: str | None = None,
+    *,
+    maybe_sent: bool = False,
+) -> OwnerDecision:
+    """Which configured instance finishes a chunk journalled under ``instance``.
+
+    Args:
+        state: the chunk's state.
+        instance: the instance name the journal has for it.
+        sent_to: the endpoint its bytes went to (None: not sent, or sent before
+            endpoints were journalled).
+        configured: each configured instance's name and endpoint
+            (``MarketoSettings.subscription``).
+        last_known: the endpoint ``instance`` had when the journal last saw it.
+        maybe_sent: a pending chunk whose earlier submission's answer was lost: it may be imported.
+
+    A batch lives where its bytes went, whatever its instance is called now; a
+    chunk not sent yet keeps its instance's name if that is still configured
+    (a changed endpoint is the operator's choice), else follows the name's
+    last endpoint. Unfinished work no instance can reach is failed with the
+    reason, so its file is reported, never left stuck.
+    """
+    if state in (ChunkState.DONE, ChunkState.ERROR):
+        return OwnerDecision(Ownership.KEEP)
+    if state is ChunkState.PENDING or sent_to is None:
+        if instance in configured:
+            return OwnerDecision(Ownership.KEEP)
+        where = sent_to or last_known
+    else:
+        if configured.get(instance) == sent_to:
+            return OwnerDecision(Ownership.KEEP)
+        where = sent_to
+    for name, endpoint in configured.items():
+        if where is not None and endpoint == where:
+            return OwnerDecision(Ownership.RENAMED, instance=name)
+    if state is ChunkState.PENDING and not maybe_sent:
+        why = f"the Marketo instance {instance!r} is no longer configured; this chunk was not sent"
+    else:
+        at = f" ({where})" if where else ""
+        why = (
+            f"this chunk was sent to the Marketo instance {instance!r}{at}, which is no longer configured: "
+            "whether its rows were imported is unknown"
+        )
+    return OwnerDecision(Ownership.ORPHANED, reason=why)

@@ -83,7 +83,8 @@ class MarketoClient:
         settings: endpoint, credentials, limits and timeouts (``marketo:`` of the configuration).
         session: an injected session (tests, proxies); ``make_session`` otherwise. Only a session
             made by ``make_session`` bounds a reply trickled inside one read.
-        sleep: how to wait; the daemon passes one that wakes up on shutdown.
+        sleep: how to wait; the daemon passes one that raises ``WouldWaitError`` instead, so one
+            instance's rate window or backoff never holds the loop that serves the others.
         clock: monotonic seconds, for retries, the rate window and the token's life. Deadlines on
             the wire always use ``time.monotonic``: sockets live in real time.
         now_utc: the wall clock, for the daily quota and Retry-After dates.
@@ -145,6 +146,7 @@ class MarketoClient:
         fmt: FileFormat,
         before_send: Callable[[], None] | None = None,
         not_executed: Callable[[], None] | None = None,
+        retry_for: float | None = None,
     ) -> BatchStatus:
         """Create an import job from the file at ``path`` (streamed from disk).
 
@@ -160,8 +162,8 @@ class MarketoClient:
             OutcomeUnknownError: the request may have reached Marketo and its answer does not say.
             MisconfiguredError: the integration is wrong (603, bad credentials, a route parameter).
             RejectedError: Marketo refused this file or request (1003, 1006, 413, ...).
-            TransientError, ThrottledError, QuotaExceededError: not executed; retried until
-                ``max_retry_seconds``, then raised.
+            TransientError, ThrottledError, QuotaExceededError: not executed; retried for
+                ``retry_for`` seconds (``max_retry_seconds`` when None), then raised.
         """
         if not isinstance(fmt, FileFormat):
             raise TypeError(f"fmt must be a FileFormat, not {fmt!r}")
@@ -181,6 +183,7 @@ class MarketoClient:
             body=body,
             before_send=before_send,
             not_executed=not_executed,
+            retry_for=retry_for,
         )
 
     def status(self, target: ImportTarget, batch_id: int, *, retry_for: float | None = None) -> BatchStatus:
@@ -212,7 +215,7 @@ class MarketoClient:
 
     # ---- token ------------------------------------------------------------
 
-    def _get_token(self, margin: float = D.TOKEN_SKEW_S) -> str:
+    def _get_token(self, margin: float = D.TOKEN_SKEW_S, retry_for: float | None = None) -> str:
         """A token with at least ``margin`` seconds to live (uploads ask for a minute).
 
         Identity hands back the same token until it dies, so a token too close
@@ -226,7 +229,7 @@ class MarketoClient:
                 return self._token
             waits = 0
             while True:
-                token, expires_in = self._fetch_token()
+                token, expires_in = self._fetch_token(retry_for)
                 fresh = token not in (self._token, self._old_token) and expires_in > D.TOKEN_SKEW_S
                 if expires_in > margin or fresh or waits >= D.MAX_TOKEN_WAITS:
                     if token != self._token:
@@ -252,8 +255,8 @@ class MarketoClient:
                 self._token = None
                 self._old_token = token
 
-    def _fetch_token(self) -> tuple[str, float]:
-        deadline = self._clock() + self.settings.max_retry_seconds
+    def _fetch_token(self, retry_for: float | None = None) -> tuple[str, float]:
+        deadline = self._clock() + (self.settings.max_retry_seconds if retry_for is None else retry_for)
         attempt = 0
         while True:
             try:
@@ -307,7 +310,7 @@ class MarketoClient:
         # An upload may take up to the read timeout: its token must outlive it.
         margin = D.TOKEN_REFRESH_MARGIN_S if body is not None else D.TOKEN_SKEW_S
         while True:
-            token = self._get_token(margin)
+            token = self._get_token(margin, retry_for)
             try:
                 return self._exchange(
                     where, token, parse, params=params, body=body, file=file, before_send=before_send
@@ -334,6 +337,8 @@ class MarketoClient:
                     raise
                 delay = self._retry_delay(exc, attempt)
                 if self._clock() + delay > deadline:
+                    # What this client would have waited: a caller with its own schedule pauses as long.
+                    exc.retry_after = max(exc.retry_after or 0.0, delay)
                     raise
                 log.info("marketo_retry", endpoint=str(where.endpoint), code=exc.code, delay=round(delay, 2))
                 attempt += 1

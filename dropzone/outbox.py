@@ -200,6 +200,7 @@ def _source_lines(chunk_path: Path, first_line: int, delimiter: str, wanted: lis
 def build_status(
     *,
     file: str,
+    instance: str | None = None,
     received_at: str,
     finished_at: str,
     route: dict[str, Any] | None,
@@ -222,6 +223,7 @@ def build_status(
         "receivedAt": received_at,
         "finishedAt": finished_at,
         "route": route,
+        **({"instance": instance} if instance else {}),
         "rowsTotal": rows_total,
         "rowsProcessed": sum(b.get("rowsProcessed") or 0 for b in batches),
         "rowsFailed": sum(b.get("rowsFailed") or 0 for b in batches),

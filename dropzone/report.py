@@ -165,8 +165,11 @@ class Report:
                     out.atomic_write(name, data, create_dirs=True)
                     written[kind] = Path(name).name
             batches = [batch_doc(c) for c in chunks]
+            # The instance that took the rows (a renamed instance's new name), by name only.
+            instance = chunks[0].instance if chunks else row.target.instance if row.target else None
             doc = outbox.build_status(
                 file=row.relpath,
+                instance=instance,
                 received_at=row.received_at,
                 finished_at=utc_now(),
                 route=self._route_doc(row),

@@ -16,10 +16,11 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dropzone.defaults import DEFAULT_INSTANCE
 from dropzone.errors import StoreError
 from dropzone.jobs import ChunkState, FileState, Outcome, check_chunk_transition, check_file_transition
 from dropzone.kinds import FileFormat
@@ -27,15 +28,16 @@ from dropzone.targets import ImportTarget
 
 DB_NAME = "journal.sqlite3"
 LOCK_NAME = "dropzone.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RESUBMIT_NOTE = (
-    "chunk {index} was submitted again: the answer to its first submission was lost or unreadable "
-    "({why}), and Marketo offers no way to look the batch up; the second copy was sent only after "
-    "the first could have finished, so its rows may have been imported twice, which updates the "
-    "same records again (imports are upserts)"
+    "chunk {index} is submitted again: the answer to its first submission was lost or unreadable "
+    "({why}), and Marketo offers no way to look the batch up; the second copy goes out only after "
+    "the first could have finished, so its rows may be imported twice, which updates the same "
+    "records again (imports are upserts)"
 )
 
+#: Schema 2, as created; later schemas are reached through ``_UPGRADES`` from here.
 _DDL = (
     """CREATE TABLE IF NOT EXISTS files (
         id INTEGER PRIMARY KEY,
@@ -103,6 +105,14 @@ _UPGRADES: dict[int, tuple[str, ...]] = {
         "DROP TABLE chunks_v1",
         _DDL[3],
     ),
+    # 3: the Marketo instance each chunk goes to, the endpoint its bytes went to (when sent), and
+    # each instance name's last endpoint (a renamed instance's chunks follow it).
+    2: (
+        "CREATE TABLE instances (name TEXT PRIMARY KEY, endpoint TEXT NOT NULL)",
+        f"ALTER TABLE chunks ADD COLUMN instance TEXT NOT NULL DEFAULT '{DEFAULT_INSTANCE}'",
+        "ALTER TABLE chunks ADD COLUMN endpoint TEXT",
+        "CREATE INDEX IF NOT EXISTS chunks_instance_state ON chunks(instance, state)",
+    ),
 }
 
 
@@ -161,6 +171,8 @@ class ChunkRow:
     error: str | None
     submitted_at: str | None
     not_before: float | None  # wall-clock seconds: not submitted before (a possible copy is waited out)
+    instance: str  # the configured instance that owns the chunk
+    endpoint: str | None  # where its bytes were sent (``MarketoSettings.subscription``); None before
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +210,16 @@ def _target(raw: str | None) -> ImportTarget | None:
     doc = json.loads(raw)
     doc.pop("format", None)  # schema 1 kept the format in the route
     return ImportTarget.from_json(json.dumps(doc))
+
+
+def _where_chunks(states: Iterable[ChunkState], instance: str | None) -> tuple[str, list[str]]:
+    """A WHERE clause with placeholders only, and its values."""
+    args = [s.value for s in states]
+    sql = f"state IN ({','.join('?' * len(args))})"
+    if instance is not None:
+        sql += " AND instance=?"
+        args.append(instance)
+    return sql, args
 
 
 def _file_row(r: sqlite3.Row) -> FileRow:
@@ -291,10 +313,10 @@ class Store:
             if version == 0:
                 for statement in _DDL:
                     self._db.execute(statement)
-            else:
-                for old in range(version, SCHEMA_VERSION):
-                    for statement in _UPGRADES[old]:
-                        self._db.execute(statement)
+                version = 2
+            for old in range(version, SCHEMA_VERSION):
+                for statement in _UPGRADES[old]:
+                    self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -356,10 +378,13 @@ class Store:
             for note in notes:
                 self._note(db, file_id, note)
             db.executemany(
-                "INSERT INTO chunks (file_id, idx, path, first_line, last_line, rows, size, state)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO chunks (file_id, idx, path, first_line, last_line, rows, size, state, instance)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 [
-                    (file_id, c.index, _b(c.path), c.first_line, c.last_line, c.rows, c.size, ChunkState.PENDING)
+                    (
+                        file_id, c.index, _b(c.path), c.first_line, c.last_line, c.rows, c.size, ChunkState.PENDING,
+                        target.instance,
+                    )
                     for c in chunks
                 ],
             )
@@ -429,12 +454,33 @@ class Store:
 
     # ---- chunks -----------------------------------------------------------
 
-    def mark_submitting(self, chunk_id: int) -> None:
-        """Saved right before the upload's bytes go out: a crash from here on is the ambiguous window."""
+    def mark_submitting(self, chunk_id: int, *, endpoint: str | None = None) -> None:
+        """Saved right before the upload's bytes go out: a crash from here on is the ambiguous window.
+
+        ``endpoint``: where they go, so the batch is looked for there even if the instance is renamed.
+        """
         with self.transaction() as db:
             # again: the client may retry an upload it knows was not executed without a requeue between.
             self._move(db, "chunks", chunk_id, ChunkState.SUBMITTING, again=True)
-            db.execute("UPDATE chunks SET submits=submits+1 WHERE id=?", (chunk_id,))
+            db.execute("UPDATE chunks SET submits=submits+1, endpoint=? WHERE id=?", (endpoint, chunk_id))
+
+    def remember_instances(self, endpoints: Mapping[str, str]) -> None:
+        """Each configured instance's endpoint, by name; names no longer configured are kept."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO instances (name, endpoint) VALUES (?,?)"
+                " ON CONFLICT(name) DO UPDATE SET endpoint=excluded.endpoint",
+                list(endpoints.items()),
+            )
+
+    def known_instances(self) -> dict[str, str]:
+        """Every instance name the journal has seen, with its last endpoint."""
+        return dict(self._db.execute("SELECT name, endpoint FROM instances").fetchall())
+
+    def reassign(self, chunk_id: int, instance: str) -> None:
+        """The chunk's instance was renamed in the configuration: the same endpoint, a new name."""
+        with self.transaction() as db:
+            db.execute("UPDATE chunks SET instance=? WHERE id=?", (instance, chunk_id))
 
     def requeue(self, chunk_id: int, *, unknown: str | None = None, not_before: float | None = None) -> None:
         """Back to ``pending``. ``unknown``: why the first copy may exist; counted and told in the status file."""
@@ -493,10 +539,9 @@ class Store:
             self._move(db, "chunks", chunk_id, ChunkState.ERROR)
             db.execute("UPDATE chunks SET error=? WHERE id=?", (_text(error), chunk_id))
 
-    def count_chunks(self, states: Iterable[ChunkState]) -> int:
-        wanted = [s.value for s in states]
-        sql = f"SELECT COUNT(*) FROM chunks WHERE state IN ({','.join('?' * len(wanted))})"  # noqa: S608 - placeholders
-        return int(self._db.execute(sql, wanted).fetchone()[0])
+    def count_chunks(self, states: Iterable[ChunkState], *, instance: str | None = None) -> int:
+        sql, args = _where_chunks(states, instance)
+        return int(self._db.execute(f"SELECT COUNT(*) FROM chunks WHERE {sql}", args).fetchone()[0])  # noqa: S608
 
     def chunk(self, chunk_id: int) -> ChunkRow:
         row = self._db.execute("SELECT * FROM chunks WHERE id=?", (chunk_id,)).fetchone()
@@ -509,10 +554,16 @@ class Store:
             _chunk_row(r) for r in self._db.execute("SELECT * FROM chunks WHERE file_id=? ORDER BY idx", (file_id,))
         ]
 
-    def chunks(self, states: Iterable[ChunkState]) -> list[ChunkRow]:
-        wanted = list(states)
-        sql = f"SELECT * FROM chunks WHERE state IN ({','.join('?' * len(wanted))}) ORDER BY file_id, idx"  # noqa: S608
-        return [_chunk_row(r) for r in self._db.execute(sql, wanted)]
+    def chunks(self, states: Iterable[ChunkState], *, instance: str | None = None) -> list[ChunkRow]:
+        """Chunks in these states (of one instance, when given), in order of receipt."""
+        sql, args = _where_chunks(states, instance)
+        rows = self._db.execute(f"SELECT * FROM chunks WHERE {sql} ORDER BY file_id, idx", args)  # noqa: S608
+        return [_chunk_row(r) for r in rows]
+
+    def chunk_instances(self, states: Iterable[ChunkState]) -> set[str]:
+        """The instances that own chunks in these states."""
+        sql, args = _where_chunks(states, None)
+        return {r[0] for r in self._db.execute(f"SELECT DISTINCT instance FROM chunks WHERE {sql}", args)}  # noqa: S608
 
     def counts(self) -> dict[str, int]:
         """Files by state and outcome, for ``dropzone status`` and metrics."""

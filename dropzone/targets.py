@@ -12,6 +12,7 @@ import json
 import urllib.parse
 from dataclasses import dataclass
 
+from dropzone.defaults import DEFAULT_INSTANCE
 from dropzone.kinds import FileFormat, ObjectKind
 
 # ImportTarget's fields under Marketo's parameter names, and which kind takes which.
@@ -47,10 +48,14 @@ class ImportTarget:
     api_name: str | None = None
     program_id: int | None = None  # Marketo's path segment is the program's numeric id
     program_member_status: str | None = None
+    #: Which Marketo instance (by configured name); not a Marketo parameter.
+    instance: str = DEFAULT_INSTANCE
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, ObjectKind):
             raise ValueError(f"object must be one of {[k.value for k in ObjectKind]}, not {self.kind!r}")
+        if not isinstance(self.instance, str) or not self.instance:
+            raise ValueError(f"instance must be a non-empty name, not {self.instance!r}")
         for name, key in _JSON_NAMES.items():
             value = getattr(self, name)
             if value is None:
@@ -72,8 +77,12 @@ class ImportTarget:
         return {key: value for name, key in _JSON_NAMES.items() if (value := getattr(self, name)) is not None}
 
     def to_json(self) -> str:
-        """A stable text: sorted keys, no spaces, parameters not set left out."""
-        return json.dumps({"object": self.kind.value, **self.params()}, sort_keys=True, separators=(",", ":"))
+        """A stable text: sorted keys, no spaces, parameters not set left out (the default instance too,
+        so a journal written before instances existed reads the same)."""
+        doc: dict[str, str | int] = {"object": self.kind.value, **self.params()}
+        if self.instance != DEFAULT_INSTANCE:
+            doc["instance"] = self.instance
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> ImportTarget:
@@ -84,15 +93,16 @@ class ImportTarget:
             raise ValueError(f"an import target must be JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ValueError("an import target must be a JSON object")
-        unknown = sorted(set(doc) - {"object", *_FIELDS_BY_JSON})
+        unknown = sorted(set(doc) - {"object", "instance", *_FIELDS_BY_JSON})
         if unknown:
             raise ValueError(f"unknown import target keys {unknown}")
         raw = doc.get("object")
         if not isinstance(raw, str) or raw not in {k.value for k in ObjectKind}:
             raise ValueError(f"unknown object {raw!r}; one of {[k.value for k in ObjectKind]}")
         kind = ObjectKind(raw)
-        params = {_FIELDS_BY_JSON[k]: v for k, v in doc.items() if k != "object" and v is not None}
-        return cls(kind=kind, **params)
+        params = {_FIELDS_BY_JSON[k]: v for k, v in doc.items() if k in _FIELDS_BY_JSON and v is not None}
+        # A journal from before instances existed: everything went to the default one.
+        return cls(kind=kind, instance=doc.get("instance", DEFAULT_INSTANCE), **params)
 
     def submit_path(self) -> str:
         match self.kind:

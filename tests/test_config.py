@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dropzone import config
+from dropzone import config, instances
 from dropzone import defaults as D
 from dropzone.config import (
     Config,
@@ -727,14 +727,16 @@ class TestLoad:
         cfg = load(REPO / "config.example.yaml")
         assert cfg.marketo.endpoint == "http://127.0.0.1:8788"
         assert cfg.state_dir == REPO / "demo" / "state"
-        assert [r.object for r in cfg.inboxes[0].routes] == list(ObjectKind)
+        assert [r.object for r in cfg.inboxes[0].routes] == [ObjectKind.LEADS, *ObjectKind]
+        assert [r.instance for r in cfg.inboxes[0].routes] == ["sandbox", "default", "default", "default"]
+        assert cfg.instances["sandbox"].endpoint == "http://127.0.0.1:8789"
 
     def test_the_example_config_documents_every_key(self) -> None:
         """Every key the parser accepts appears in config.example.yaml."""
         text = (REPO / "config.example.yaml").read_text()
         keys = (
             config._TOP_KEYS
-            + config._MARKETO_KEYS
+            + instances.MARKETO_KEYS
             + config._INBOX_KEYS
             + config._ROUTE_KEYS
             + config._HTTP_KEYS

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dropzone import health
@@ -172,7 +173,7 @@ def test_unknown_path_is_404(server: HealthServer) -> None:
 def test_metrics_report_what_was_fed(server: HealthServer, metrics: Metrics, clock: FakeClock) -> None:
     fresh = scrape(server)
     assert fresh["dropzone_files_total{outcome=Partial}"] == 0
-    assert math.isnan(fresh["dropzone_seconds_since_last_successful_poll"])
+    assert math.isnan(fresh["dropzone_seconds_since_last_successful_poll{instance=default}"])
     assert fresh["dropzone_oldest_waiting_file_age_seconds"] == 0
 
     metrics.file_finished("Complete", rows_processed=10, rows_failed=0, rows_warned=2)
@@ -197,15 +198,15 @@ def test_metrics_report_what_was_fed(server: HealthServer, metrics: Metrics, clo
     assert got["dropzone_rows_failed_total"] == 3
     assert got["dropzone_rows_warned_total"] == 2
     assert got["dropzone_chunks_split_total"] == 3
-    assert got["dropzone_api_calls_total{code=ok,endpoint=identity}"] == 1
-    assert got["dropzone_api_calls_total{code=ok,endpoint=import}"] == 1
-    assert got["dropzone_api_calls_total{code=1016,endpoint=import}"] == 2
-    assert got["dropzone_token_refreshes_total"] == 1
-    assert got["dropzone_batches_open"] == 4
-    assert got["dropzone_batches_queued"] == 2
+    assert got["dropzone_api_calls_total{code=ok,endpoint=identity,instance=default}"] == 1
+    assert got["dropzone_api_calls_total{code=ok,endpoint=import,instance=default}"] == 1
+    assert got["dropzone_api_calls_total{code=1016,endpoint=import,instance=default}"] == 2
+    assert got["dropzone_token_refreshes_total{instance=default}"] == 1
+    assert got["dropzone_batches_open{instance=default}"] == 4
+    assert got["dropzone_batches_queued{instance=default}"] == 2
     assert got["dropzone_files_waiting"] == 5
     assert got["dropzone_oldest_waiting_file_age_seconds"] == 42.5
-    assert got["dropzone_seconds_since_last_successful_poll"] == 12.5
+    assert got["dropzone_seconds_since_last_successful_poll{instance=default}"] == 12.5
     assert got["dropzone_seconds_since_last_tick"] == 12.5
 
     metrics.set_waiting(0, oldest_since=None)
@@ -226,16 +227,17 @@ def test_a_refused_integration_is_not_ready_until_it_clears(metrics: Metrics) ->
     metrics.set_misconfigured("603 Access denied: check the API role's permissions")
     [refused] = [c for c in metrics.readiness() if c.name == "marketo_access"]
     assert not refused.ok and "603" in refused.detail
-    assert metrics.integration_refused._value.get() == 1
+    assert _refused(metrics, "default") == 1
     metrics.set_misconfigured(None)
     assert all(c.ok for c in metrics.readiness())
-    assert metrics.integration_refused._value.get() == 0
+    assert _refused(metrics, "default") == 0
 
 
 def test_two_daemons_do_not_share_counters(clock: FakeClock) -> None:
     a, b = Metrics(clock=clock), Metrics(clock=clock)
-    a.token_refreshes.inc()
-    assert b.registry.get_sample_value("dropzone_token_refreshes_total") == 0
+    a.api_call("identity", "ok")
+    assert a.registry.get_sample_value("dropzone_token_refreshes_total", {"instance": "default"}) == 1
+    assert b.registry.get_sample_value("dropzone_token_refreshes_total", {"instance": "default"}) == 0
 
 
 def test_on_call_counts_a_real_client(simulator: Simulator, metrics: Metrics) -> None:
@@ -248,8 +250,174 @@ def test_on_call_counts_a_real_client(simulator: Simulator, metrics: Metrics) ->
     finally:
         client.close()
     r = metrics.registry
-    assert r.get_sample_value("dropzone_api_calls_total", {"endpoint": "identity", "code": "ok"}) == 1
-    assert r.get_sample_value("dropzone_token_refreshes_total") == 1
+    assert r.get_sample_value(
+        "dropzone_api_calls_total", {"endpoint": "identity", "code": "ok", "instance": "default"}
+    ) == 1
+    assert r.get_sample_value("dropzone_token_refreshes_total", {"instance": "default"}) == 1
+
+
+def _refused(metrics: Metrics, instance: str) -> float | None:
+    return metrics.registry.get_sample_value("dropzone_marketo_integration_refused", {"instance": instance})
+
+
+# ---- several Marketo instances ----------------------------------------------------
+
+
+MARKETO_METRICS = (  # families, as _series names them
+    "dropzone_api_calls",
+    "dropzone_token_refreshes",
+    "dropzone_batches_open",
+    "dropzone_batches_queued",
+    "dropzone_marketo_integration_refused",
+    "dropzone_seconds_since_last_successful_poll",
+)
+
+
+def _series(metrics: Metrics) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of the registry as /metrics serves it (the text parsed back), by family name
+    (a counter's ``_created`` family, separate in this format, named as its counter)."""
+    text = generate_latest(metrics.registry).decode()
+    return [
+        (f.name.removesuffix("_created"), s.labels, s.value)
+        for f in text_string_to_metric_families(text) for s in f.samples
+    ]
+
+
+def test_every_marketo_metric_has_an_instance_label_and_file_metrics_do_not(metrics: Metrics) -> None:
+    sandbox = metrics.instance("sandbox")
+    sandbox.api_call("identity", "ok")
+    sandbox.api_call("import", "1016")
+    sandbox.poll_succeeded()
+    sandbox.set_batches(open=3, queued=1)
+    sandbox.set_misconfigured("603 Access denied")
+    metrics.api_call("status", "ok")
+    metrics.file_finished("Complete", rows_processed=1, rows_failed=0, rows_warned=0)
+
+    series = _series(metrics)
+    for name in MARKETO_METRICS:
+        labelled = [labels for n, labels, _ in series if n == name]
+        assert labelled, name
+        assert all("instance" in labels for labels in labelled), (name, labelled)
+        assert {labels["instance"] for labels in labelled} == {"default", "sandbox"}, name
+    for name, labels, _ in series:
+        if name not in MARKETO_METRICS:
+            assert "instance" not in labels, name
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert value("dropzone_api_calls_total", endpoint="import", code="1016", instance="sandbox") == 1
+    assert value("dropzone_api_calls_total", endpoint="import", code="1016", instance="default") is None
+    assert value("dropzone_api_calls_total", endpoint="status", code="ok", instance="default") == 1
+    assert value("dropzone_token_refreshes_total", instance="sandbox") == 1
+    assert value("dropzone_token_refreshes_total", instance="default") == 0
+    assert value("dropzone_batches_open", instance="sandbox") == 3
+    assert value("dropzone_batches_queued", instance="sandbox") == 1
+    assert value("dropzone_batches_open", instance="default") == 0
+    assert _refused(metrics, "sandbox") == 1
+    assert _refused(metrics, "default") == 0
+
+
+def test_instance_is_cached_and_default_is_the_compatibility_methods(metrics: Metrics) -> None:
+    assert metrics.instance("sandbox") is metrics.instance("sandbox")
+    assert metrics.instance("sandbox").name == "sandbox"
+    assert metrics.instance(health.DEFAULT_INSTANCE).name == "default"
+    assert metrics.instance_names() == ["default", "sandbox"]
+    metrics.instance(health.DEFAULT_INSTANCE).set_misconfigured("bad credentials")
+    assert not next(c for c in metrics.readiness() if c.name == "marketo_access").ok
+
+
+def test_each_instance_has_its_own_readiness_checks(metrics: Metrics, clock: FakeClock) -> None:
+    _all_ready(metrics)
+    a, b = metrics.instance("agency_a"), metrics.instance("agency_b")
+    a.set_misconfigured("603 Access denied")
+    b.api_call("import", "ok")
+    checks = {c.name: c for c in metrics.readiness()}
+    assert [c.name for c in metrics.readiness()] == [
+        "loop", "config", "state", "watchers", "marketo",
+        "marketo_access:agency_a", "marketo:agency_a", "marketo:agency_b",
+    ]
+    assert not checks["marketo_access:agency_a"].ok
+    refused = checks["marketo_access:agency_a"].detail
+    assert refused == "instance agency_a: Marketo refuses this integration: 603 Access denied"
+    assert checks["marketo:agency_a"].ok and checks["marketo:agency_a"].detail == "instance agency_a: no call yet"
+    assert checks["marketo:agency_b"].ok and checks["marketo:agency_b"].detail.startswith("instance agency_b: ")
+    assert checks["marketo"].ok and checks["marketo"].detail == "no call yet"  # the default is untouched
+    assert "marketo_access:agency_b" not in checks
+
+    # Failing calls on B past the grace fail B only; A's refusal clears on its own.
+    a.set_misconfigured(None)
+    b.api_call("status", "ConnectionError")
+    clock.now += 121
+    metrics.tick()
+    failed = [c for c in metrics.readiness() if not c.ok]
+    assert [c.name for c in failed] == ["marketo:agency_b"]
+    assert failed[0].detail.startswith("instance agency_b: calls failing for 121 s (grace 120 s)")
+
+
+def test_readyz_names_the_failing_instance(server: HealthServer, metrics: Metrics) -> None:
+    _all_ready(metrics)
+    metrics.instance("sandbox").set_misconfigured("IP not allowed")
+    status, _, body = get(server.url + "/readyz")
+    doc = json.loads(body)
+    assert (status, doc["failed"]) == (503, ["marketo_access:sandbox"])
+    assert doc["checks"]["marketo:sandbox"]["ok"]
+
+
+def test_forget_instance_removes_its_series_and_checks(metrics: Metrics) -> None:
+    _all_ready(metrics)
+    sandbox = metrics.instance("sandbox")
+    sandbox.api_call("identity", "ok")
+    sandbox.api_call("import", "HTTP 503")
+    sandbox.poll_succeeded()
+    sandbox.set_batches(open=2, queued=5)
+    sandbox.set_misconfigured("603 Access denied")
+    metrics.api_call("import", "ok")
+    assert any(labels.get("instance") == "sandbox" for _, labels, _ in _series(metrics))
+
+    metrics.forget_instance("sandbox")
+    metrics.forget_instance("never_configured")  # unknown: nothing to do
+    series = _series(metrics)
+    assert not any(labels.get("instance") == "sandbox" for _, labels, _ in series)
+    assert ("dropzone_api_calls", {"endpoint": "import", "code": "ok", "instance": "default"}, 1.0) in series
+    assert not any(c.name.endswith(":sandbox") for c in metrics.readiness())
+    assert all(c.ok for c in metrics.readiness())  # its refusal went with it
+    assert metrics.instance_names() == ["default"]
+
+    # A late call from the removed instance's client brings nothing back.
+    sandbox.api_call("status", "ok")
+    sandbox.set_batches(open=1, queued=1)
+    sandbox.set_misconfigured("late")
+    sandbox.poll_succeeded()
+    assert not any(labels.get("instance") == "sandbox" for _, labels, _ in _series(metrics))
+    assert metrics.instance_names() == ["default"]
+
+    # Configured again (a reload): a fresh start, at 0.
+    again = metrics.instance("sandbox")
+    assert again is not sandbox
+    assert metrics.registry.get_sample_value("dropzone_token_refreshes_total", {"instance": "sandbox"}) == 0
+    assert metrics.registry.get_sample_value(
+        "dropzone_api_calls_total", {"endpoint": "identity", "code": "ok", "instance": "sandbox"}
+    ) is None
+    assert {c.name: c.detail for c in metrics.readiness()}["marketo:sandbox"] == "instance sandbox: no call yet"
+
+
+def test_seconds_since_last_successful_poll_is_per_instance(
+    server: HealthServer, metrics: Metrics, clock: FakeClock
+) -> None:
+    metrics.poll_succeeded()
+    clock.now += 10
+    metrics.instance("sandbox").poll_succeeded()
+    metrics.instance("idle")
+    clock.now += 5
+    got = scrape(server)
+    assert got["dropzone_seconds_since_last_successful_poll{instance=default}"] == 15
+    assert got["dropzone_seconds_since_last_successful_poll{instance=sandbox}"] == 5
+    assert math.isnan(got["dropzone_seconds_since_last_successful_poll{instance=idle}"])
+    clock.now += 1  # computed at scrape time: it grows while nothing polls
+    assert scrape(server)["dropzone_seconds_since_last_successful_poll{instance=sandbox}"] == 6
+    metrics.forget_instance("idle")
+    assert "dropzone_seconds_since_last_successful_poll{instance=idle}" not in scrape(server)
 
 
 # ---- probe_writable -------------------------------------------------------------

@@ -147,6 +147,7 @@ _SOON = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
         (errors.QuotaExceededError("607", resume_at=_SOON), SubmitDecision(ChunkAction.REQUEUE, Pause.API, stop=True)),
         (errors.ThrottledError("606", code="606"), SubmitDecision(ChunkAction.REQUEUE, Pause.SUBMITS, stop=True)),
         (errors.TransientError("604", code="604"), SubmitDecision(ChunkAction.REQUEUE, Pause.SUBMITS, stop=True)),
+        (errors.WouldWaitError(3.5), SubmitDecision(ChunkAction.REQUEUE, Pause.WAIT, stop=True)),
         (FileNotFoundError(2, "No such file"), SubmitDecision(ChunkAction.FAIL)),
         (KeyError("a bug"), SubmitDecision(ChunkAction.FAIL)),
     ],
@@ -169,6 +170,7 @@ def test_what_a_submit_outcome_does(error, expected):
         (errors.QuotaExceededError("607", resume_at=_SOON), False, PollAction.PAUSE_API),
         (errors.AuthError("bad secret"), False, PollAction.PAUSE_API),
         (ValueError("malformed counter"), False, PollAction.RETRY),
+        (errors.WouldWaitError(3.5), False, PollAction.WAIT_INSTANCE),
     ],
 )
 def test_what_a_poll_outcome_does(error, finished, expected):
@@ -183,6 +185,7 @@ def test_what_a_poll_outcome_does(error, finished, expected):
         (errors.BatchNotFoundError("1003", code="1003"), FetchAction.GIVE_UP),
         (errors.TransientError("HTTP 429", code="HTTP 429"), FetchAction.RETRY),
         (OSError("disk"), FetchAction.RETRY),
+        (errors.WouldWaitError(3.5), FetchAction.WAIT_INSTANCE),
     ],
 )
 def test_what_a_fetch_outcome_does(error, expected):
@@ -241,6 +244,8 @@ def test_pauses_grow_and_are_capped(pause, streak, expected):
 def test_quota_pause_lasts_until_the_reset():
     assert jobs.pause_seconds(Pause.API, quota_resets_in=3600.0) == 3600.0
     assert jobs.pause_seconds(Pause.API, quota_resets_in=5.0) == 60.0
+    assert jobs.pause_seconds(Pause.WAIT, asked=3.5) == 3.5  # the instance's own wait, no more
+    assert jobs.pause_seconds(Pause.WAIT, asked=-1.0) == 0.0
 
 
 def test_unknown_counters_are_not_zero():
@@ -251,3 +256,54 @@ def test_unknown_counters_are_not_zero():
     some_failed = ChunkResult(ChunkState.DONE, "Complete", rows=10, processed=None, failed=3, warned=None)
     assert jobs.imported_rows(some_failed) == 7
     assert jobs.file_outcome([some_failed]) is Outcome.PARTIAL
+
+
+# ---- which instance owns a chunk after the configuration changed -----------------------------
+
+PROD, SANDBOX, OLD = "https://111-aaa-111.mktorest.com", "https://222-bbb-222.mktorest.com", "https://333-ccc-333.mktorest.com"
+BOTH = {"default": PROD, "sandbox": SANDBOX}
+P, SG, SD, F, D_, E = (
+    ChunkState.PENDING, ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING, ChunkState.DONE,
+    ChunkState.ERROR,
+)
+KEEP, RENAMED, ORPHANED = jobs.Ownership.KEEP, jobs.Ownership.RENAMED, jobs.Ownership.ORPHANED
+
+
+@pytest.mark.parametrize(
+    ("state", "instance", "sent_to", "configured", "last_known", "action", "new_name"),
+    [
+        # Nothing changed.
+        (P, "sandbox", None, BOTH, SANDBOX, KEEP, None),
+        (SD, "sandbox", SANDBOX, BOTH, SANDBOX, KEEP, None),
+        (F, "default", PROD, BOTH, PROD, KEEP, None),
+        # Finished chunks are never moved, whatever the configuration says.
+        (D_, "gone", OLD, BOTH, OLD, KEEP, None),
+        (E, "gone", None, {}, None, KEEP, None),
+        # Renamed (same endpoint, another name): everything follows the endpoint.
+        (P, "staging", None, BOTH, SANDBOX, RENAMED, "sandbox"),
+        (SG, "staging", SANDBOX, BOTH, SANDBOX, RENAMED, "sandbox"),
+        (SD, "staging", SANDBOX, BOTH, SANDBOX, RENAMED, "sandbox"),
+        (F, "staging", SANDBOX, BOTH, SANDBOX, RENAMED, "sandbox"),
+        # A name kept but pointed elsewhere: a batch stays where its bytes went...
+        (SD, "default", OLD, BOTH, PROD, ORPHANED, None),
+        (SD, "default", SANDBOX, BOTH, PROD, RENAMED, "sandbox"),
+        # ...while an unsent chunk follows the name (the operator chose the new endpoint).
+        (P, "default", OLD, BOTH, PROD, KEEP, None),
+        # Removed: unsent chunks and sent batches are both failed, with different reasons.
+        (P, "gone", None, BOTH, OLD, ORPHANED, None),
+        (P, "gone", None, BOTH, None, ORPHANED, None),
+        (SD, "gone", OLD, BOTH, OLD, ORPHANED, None),
+        (SG, "gone", OLD, BOTH, OLD, ORPHANED, None),
+        # A journal from before endpoints were recorded: the name is all there is.
+        (SD, "default", None, BOTH, None, KEEP, None),
+        (SD, "gone", None, BOTH, None, ORPHANED, None),
+        (SD, "gone", None, BOTH, SANDBOX, RENAMED, "sandbox"),
+    ],
+)
+def test_chunk_owner(state, instance, sent_to, configured, last_known, action, new_name):
+    decision = jobs.chunk_owner(state, instance, sent_to, configured, last_known)
+    assert (decision.action, decision.instance) == (action, new_name)
+    if action is ORPHANED:
+        assert repr(instance) in decision.reason
+        assert ("not sent" in decision.reason) == (state is ChunkState.PENDING)
+        assert ("unknown" in decision.reason) == (state is not ChunkState.PENDING)

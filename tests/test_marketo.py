@@ -1324,6 +1324,10 @@ class TestImportTarget:
             ),
             (CARS, '{"apiName":"car_c","object":"customobject"}'),
             (MEMBERS, '{"object":"programmember","programId":1044,"programMemberStatus":"On List"}'),
+            (
+                ImportTarget(kind=ObjectKind.CUSTOM_OBJECT, api_name="car_c", instance="sandbox"),
+                '{"apiName":"car_c","instance":"sandbox","object":"customobject"}',
+            ),
         ],
     )
     def test_round_trip_with_marketo_names(self, target, text):
@@ -1343,6 +1347,7 @@ class TestImportTarget:
             '{"object": "customobject"}',
             '{"object": "programmember", "programId": 1044}',
             '{"object": "programmember", "programId": "1044", "programMemberStatus": "On List"}',
+            '{"object": "leads", "instance": ""}',
             '{"object": "programmember", "programId": true, "programMemberStatus": "On List"}',
             '{"object": "leads", "listId": "12"}',
             '{"object": "leads", "listId": 0}',

@@ -95,6 +95,10 @@ def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def _fill(labels: tuple[tuple[str, str], ...], value: str) -> tuple[tuple[str, str], ...]:
+    return tuple((k, v.format(value)) for k, v in labels)
+
+
 def test_notify_metrics_reload_and_stop(tmp_path, sim_config):
     """READY after the start-up scan, WATCHDOG pings, /metrics matching the simulator,
     RELOADING on SIGHUP, STOPPING on SIGTERM."""
@@ -120,16 +124,18 @@ def test_notify_metrics_reload_and_stop(tmp_path, sim_config):
                         "email\n" + "".join(f"u{i}x{j}@example.com\n" for j in range(5))
                     )
                 # Scrape while files are flowing.
-                wait_until(lambda: metrics(port).get(("dropzone_batches_open", ())) or None, timeout=20)
+                open_batches = ("dropzone_batches_open", (("instance", "default"),))
+                wait_until(lambda: metrics(port).get(open_batches) or None, timeout=20)
                 wait_until(lambda: len(list((tmp_path / "outbox").glob("*.status.json"))) == len(files), timeout=30)
                 wait_until(
                     lambda: metrics(port)[("dropzone_files_total", (("outcome", "Complete"),))] == len(files), 10
                 )
                 seen = metrics(port)
+                ok_calls = (("code", "ok"), ("endpoint", "{}"), ("instance", "default"))
                 imports = [c for c in sim.calls() if c["endpoint"] == "import"]
                 statuses = [c for c in sim.calls() if c["endpoint"] == "status"]
-                assert seen[("dropzone_api_calls_total", (("code", "ok"), ("endpoint", "import")))] == len(imports)
-                assert seen[("dropzone_api_calls_total", (("code", "ok"), ("endpoint", "status")))] == len(statuses)
+                assert seen[("dropzone_api_calls_total", _fill(ok_calls, "import"))] == len(imports)
+                assert seen[("dropzone_api_calls_total", _fill(ok_calls, "status"))] == len(statuses)
                 assert seen[("dropzone_rows_imported_total", ())] == len(sim.imported_rows()) == 30
                 assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200
                 probe = subprocess.run([sys.executable, "-m", "dropzone", "health", "--config", str(config)],

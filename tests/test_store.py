@@ -623,7 +623,7 @@ class TestJournalFile:
         db = raw(tmp_path)
         try:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         finally:
             db.close()
         assert (tmp_path / "state" / f"{DB_NAME}-wal").exists()
@@ -700,6 +700,7 @@ class TestMigration:
             store.finish_batch(7, status="Complete", message=None, counts=Counts())
             store.store_results(7, failures=None, warnings=None, counts=Counts(processed=19, failed=1, warned=0))
             assert (store.chunk(7).state, store.chunk(7).processed, store.chunk(7).failed) == (ChunkState.DONE, 19, 1)
+            assert store.chunk(7).instance == "default"  # everything before instances went to the one there was
             store.add_note(3, "upgraded")
             store.settle(3, Outcome.PARTIAL)
             store.finish_file(3, finished_at=FINISHED_AT, archived_to=None)
@@ -724,10 +725,11 @@ class TestMigration:
             assert "not_before" in chunk_columns
             assert not any(chunk_columns[name] for name in ("processed", "failed", "warned"))
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            assert tables == {"files", "chunks"}
+            assert tables == {"files", "chunks", "instances"}
+            assert chunk_columns["instance"] and not chunk_columns["endpoint"]
             named = "SELECT name, tbl_name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"
             indexes = dict(db.execute(named))
-            assert indexes == {"files_state": "files", "chunks_state": "chunks"}
+            assert indexes == {"files_state": "files", "chunks_state": "chunks", "chunks_instance_state": "chunks"}
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         finally:
