@@ -17,6 +17,8 @@ MARKETO_CALLS_PER_WINDOW: Final = 100
 RATE_WINDOW_S: Final = 20.0
 MARKETO_MAX_CONCURRENT_CALLS: Final = 10
 """Calls in flight at once per instance; Marketo answers 615 beyond."""
+MARKETO_IMPORTING: Final = 2
+"""Imports Marketo runs at once per instance; the others wait, Queued, first in first out."""
 MARKETO_MAX_OPEN_IMPORTS: Final = 10
 """Imports queued or running per instance; Marketo answers 1016 beyond."""
 MARKETO_MAX_IMPORT_BYTES: Final = 10_000_000

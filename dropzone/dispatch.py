@@ -11,8 +11,8 @@ its instance, so trouble on one instance never slows another. Each pass
 * **admission and submit**: pending chunks go to Marketo while fewer than
   ``max_open_imports`` of ours are open, one open import per static list,
   round-robin across inboxes (``jobs.pick_next``);
-* **poll**: the batches Marketo can be finishing, on ``jobs.poll_delay``'s
-  schedule;
+* **poll**: the batches Marketo can be finishing, around the finish the
+  instance's ``polling.Predictor`` expects from the batches it saw before;
 * **fetch**: the failure and warning files of finished batches, into the
   work area.
 
@@ -37,7 +37,7 @@ from typing import Any
 import structlog
 
 from dropzone import calls as calls_module
-from dropzone import health, jobs
+from dropzone import health, jobs, polling
 from dropzone.calls import Attempt, Downloaded, Inline
 from dropzone.errors import Interrupted, MarketoError, QuotaExceededError, StoreError, WouldWaitError
 from dropzone.instances import MarketoSettings
@@ -53,10 +53,19 @@ SENT = (ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING)
 
 @dataclass
 class _Poll:
+    """What the predictor needs to know of one open batch (monotonic times)."""
+
     batch_id: int
     due: float
     last_polled: float
-    polls: int = 0
+    rows: int
+    submitted_at: float
+    polls: int = 0  # polls that found it unfinished
+    head_at: float | None = None  # when an import slot freed for it (None: at the head when submitted)
+    started_at: float | None = None  # the first poll that saw it Importing
+    last_open_at: float | None = None
+    last_queued_at: float | None = None
+    learn: bool = True  # False for a batch found in the journal: its times are not ours to learn from
 
 
 @dataclass
@@ -107,6 +116,8 @@ class Dispatch:
     #: How long each pause lasts (tests pass a quicker one).
     pause_for: Callable[..., float] = jobs.pause_seconds
     pauses: Pauses = field(default_factory=Pauses)
+    #: How long this instance's imports take, learnt from the batches it finished.
+    predictor: polling.Predictor = field(default_factory=polling.Predictor)
     #: Removed from the configuration by a reload: finishes the batches it has open, sends nothing new.
     draining: bool = False
     _polls: dict[int, _Poll] = field(default_factory=dict)
@@ -193,7 +204,7 @@ class Dispatch:
                     self.store.requeue(chunk.id, unknown=why, not_before=self.wall() + self._hold(chunk))
                     log.warning("chunk_resubmitting_after_crash", file_id=chunk.file_id, chunk=chunk.index)
                 case jobs.RecoveryAction.POLL:
-                    self._polls[chunk.id] = _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now)
+                    self._polls[chunk.id] = _lost_poll(chunk, now)
                 case jobs.RecoveryAction.FETCH | jobs.RecoveryAction.NONE:
                     pass  # fetching chunks are picked up by the fetch step as they are
 
@@ -313,8 +324,12 @@ class Dispatch:
             case ChunkAction.RECORD_BATCH if batch is not None:
                 self.pauses.queue_full_streak = self.pauses.transient_streak = 0
                 self.store.record_batch(chunk.id, batch_id=batch.batch_id, status=batch.status)
+                ahead = self._ahead(batch.batch_id)
+                head_at = now if len(ahead) < self.predictor.slots else None
+                due = self.predictor.first_poll(now, chunk.rows, ahead, poll_interval=self.settings.poll_interval)
                 self._polls[chunk.id] = _Poll(
-                    batch_id=batch.batch_id, due=now + jobs.poll_delay(0, self.settings.poll_interval), last_polled=now
+                    batch_id=batch.batch_id, due=due, last_polled=now, rows=chunk.rows, submitted_at=now,
+                    head_at=head_at,
                 )
                 self._cleared_misconfiguration()
                 log.info("import_submitted", batchId=batch.batch_id, rows=chunk.rows, bytes=chunk.size)
@@ -392,7 +407,7 @@ class Dispatch:
         if len(self._polls) < self.store.count_chunks([ChunkState.SUBMITTED], instance=self.name):
             # A batch the journal has and this stage lost (an interrupted step, a renamed instance).
             for chunk in self.store.chunks([ChunkState.SUBMITTED], instance=self.name):
-                self._polls.setdefault(chunk.id, _Poll(batch_id=int(chunk.batch_id or 0), due=now, last_polled=now))
+                self._polls.setdefault(chunk.id, _lost_poll(chunk, now))
         busy = False
         plans = [
             jobs.PollPlan(cid, p.batch_id, p.due, p.last_polled) for cid, p in self._polls.items()
@@ -432,10 +447,9 @@ class Dispatch:
         ):
             match action:
                 case PollAction.WAIT if status is not None:
-                    poll.polls += 1
                     self.metrics.poll_succeeded()
-                    poll.due = now + jobs.poll_delay(poll.polls, self.settings.poll_interval)
                     self.store.record_progress(chunk.id, status=status.status, counts=_counts(status))
+                    self._still_open(poll, status.status, now)
                 case PollAction.FINISHED if status is not None:
                     self.metrics.poll_succeeded()
                     # Forgotten only once the journal has it: a journal error leaves it polled again.
@@ -443,11 +457,19 @@ class Dispatch:
                         chunk.id, status=status.status, message=status.message, counts=_counts(status)
                     )
                     self._polls.pop(chunk.id, None)
+                    freed = now
+                    if status.status == "Complete" and poll.learn:  # a Failed batch may stop early
+                        freed = self.predictor.observe(
+                            poll.rows, poll.submitted_at, poll.started_at, now, head_at=poll.head_at,
+                            last_open_at=poll.last_open_at, last_queued_at=poll.last_queued_at,
+                        )
+                    self._replan(now, freed)
                     log.info("import_finished", status=status.status, processed=status.processed,
                              failed=status.failed)
                 case PollAction.GONE:
                     self.store.fail_chunk(chunk.id, f"Marketo no longer knows batch {chunk.batch_id}: {error}")
                     self._polls.pop(chunk.id, None)
+                    self._replan(now, now)
                     log.warning("batch_gone", error=str(error))
                 case PollAction.PAUSE_API if error is not None:
                     poll.due = now + self.settings.poll_interval
@@ -459,6 +481,39 @@ class Dispatch:
                     retry_after = getattr(error, "retry_after", None)
                     poll.due = now + max(self.settings.poll_interval, float(retry_after or 0.0))
                     log.info("poll_retry_later", error=str(error) or type(error).__name__)
+
+    def _ahead(self, batch_id: int) -> list[int]:
+        """The rows of our open batches Marketo took before this one, oldest first (its FIFO)."""
+        return [p.rows for p in sorted(self._polls.values(), key=lambda p: p.batch_id) if p.batch_id < batch_id]
+
+    def _still_open(self, poll: _Poll, status: str, now: float) -> None:
+        poll.polls += 1
+        poll.last_open_at = now
+        if status == polling.QUEUED:
+            poll.last_queued_at = now
+        elif poll.started_at is None:
+            poll.started_at = now
+        if poll.head_at is not None:
+            self.predictor.observe_open(poll.rows, poll.head_at, now)
+        poll.due = self.predictor.next_poll(
+            now, submitted_at=poll.submitted_at, rows=poll.rows, polls_so_far=poll.polls, last_status=status,
+            ahead=self._ahead(poll.batch_id), started_at=poll.started_at, head_at=poll.head_at,
+            poll_interval=self.settings.poll_interval,
+        )
+
+    def _replan(self, now: float, freed: float) -> None:
+        """A batch of ours finished: the next one in Marketo's queue has its slot (since ``freed``), and
+        every batch not yet seen Importing is planned again around its new predicted finish."""
+        ahead: list[int] = []
+        for poll in sorted(self._polls.values(), key=lambda p: p.batch_id):
+            if poll.head_at is None and len(ahead) < self.predictor.slots:
+                poll.head_at = min(freed, poll.started_at or now)
+                freed = now  # one slot freed: the next batch to reach the head counts from our look
+            if poll.started_at is None:
+                poll.due = self.predictor.first_poll(
+                    now, poll.rows, ahead, head_at=poll.head_at, poll_interval=self.settings.poll_interval
+                )
+            ahead.append(poll.rows)
 
     # ---- fetch ------------------------------------------------------------------
 
@@ -517,6 +572,13 @@ class Dispatch:
             )
         self.store.store_results(chunk.id, failures=got.found["failures"], warnings=got.found["warnings"],
                                  counts=counts)
+
+
+def _lost_poll(chunk: ChunkRow, now: float) -> _Poll:
+    """A batch found in the journal (a restart, a renamed instance): poll it now, learn nothing from it."""
+    return _Poll(
+        batch_id=int(chunk.batch_id or 0), due=now, last_polled=now, rows=chunk.rows, submitted_at=now, learn=False
+    )
 
 
 def _counts(status: BatchStatus) -> Counts:

@@ -5,8 +5,8 @@ taken on them: what a submit's outcome does to a chunk (``after_submit``),
 what a poll's outcome does (``after_poll``), what start-up does with each
 state a crash left (``recovery_action``, ``recover_claim``), how long a
 possibly-created copy is waited out (``resubmit_hold``), which pending chunk
-goes to Marketo next (``pick_next``), when a batch is polled again
-(``poll_delay``), which instance owns a chunk after the configuration
+goes to Marketo next (``pick_next``), which open batches are polled
+(``polls_due``; when, is ``polling``'s), which instance owns a chunk after the configuration
 changed (``chunk_owner``) and a file's outcome once its chunks are done
 (``file_outcome``). Owns no I/O: the store persists these states, the stages
 act on them; every rule here is table-tested with plain values.
@@ -159,15 +159,6 @@ def pick_next(candidates: Sequence[Candidate], slots: Slots) -> Candidate | None
         inboxes = later + [i for i in inboxes if i <= slots.last_inbox]
     chosen_inbox = inboxes[0]
     return min((c for c in eligible if c.inbox == chosen_inbox), key=lambda c: (c.file_id, c.index))
-
-
-#: First poll soon after the submit, so small jobs finish fast.
-FIRST_POLL_S = 0.5
-
-
-def poll_delay(polls_so_far: int, poll_interval: float) -> float:
-    """Wait before the next status call: 0.5, 1, 2, 4 … seconds, capped at ``poll_interval``."""
-    return float(min(poll_interval, FIRST_POLL_S * 2.0 ** min(polls_so_far, 20)))
 
 
 #: Marketo imports an instance's batches first in, first out, two at a time:

@@ -78,9 +78,6 @@ class TestPickNext:
 
 
 class TestPolling:
-    def test_short_first_waits_growing_to_the_interval(self):
-        assert [jobs.poll_delay(n, 5.0) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
-
     def test_only_the_oldest_batches_are_polled(self):
         """FIFO, two at a time: batches further back cannot be finishing yet."""
         plans = [PollPlan(chunk_id=i, batch_id=100 + i, due=0.0, last_polled=0.0) for i in range(6)]

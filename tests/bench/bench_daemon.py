@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--big-mb", type=int, default=200)
     parser.add_argument("--job-seconds", type=float, default=2.0)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--calls-per-20s", type=int, default=None, help="the API budget (default: dropzone's)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dropzone-bench-", dir=args.dir))
@@ -70,6 +71,7 @@ marketo:
   client_id: bench
   client_secret: bench-secret
   poll_interval: 5
+{f"  calls_per_20s: {args.calls_per_20s}" if args.calls_per_20s else ""}
 state_dir: state
 log: {{format: json, level: info}}
 inboxes:
@@ -102,6 +104,7 @@ inboxes:
                 raise SystemExit("daemon did not start")
             time.sleep(0.05)
         t0 = time.monotonic()
+        t0_sim = time.time()  # the simulator keeps wall-clock times
         for path in staged:
             path.rename(work / "inbox" / path.name)
         expected = len(staged)
@@ -131,6 +134,15 @@ inboxes:
         ideal = len(jobs) * args.job_seconds / 2
         statuses = [json.loads(p.read_text())["status"] for p in (work / "outbox").glob("*.status.json")]
         print(f"batches: {len(jobs)} (job time {args.job_seconds} s each, 2 slots)")
+        # Where the time went: before Marketo's first job started, slots idle between, after its last.
+        starts = sorted(j["started_at"] for j in jobs if j["started_at"] is not None)
+        ends = sorted(j["finished_at"] for j in jobs if j["finished_at"] is not None)
+        if starts and ends:
+            busy = sum(j["finished_at"] - j["started_at"] for j in jobs if j["finished_at"] and j["started_at"])
+            span = ends[-1] - starts[0]
+            print(f"Marketo's slots: first job started {starts[0] - t0_sim:.1f} s after the drop, "
+                  f"busy {busy / (2 * span):.2f} of the {span:.1f} s until its last job ended, "
+                  f"results written {makespan - (ends[-1] - t0_sim):.1f} s after that")
         print(f"makespan: {makespan:.1f} s   ideal: {ideal:.1f} s   efficiency: {ideal / makespan:.2f}")
         print(f"1016 answers: {sum(1 for c in calls if c['code'] == '1016')}")
         print(f"API calls: {len(calls)}  per file: {len(calls) / expected:.1f}")
