@@ -19,6 +19,7 @@ nothing.
 from __future__ import annotations
 
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from dropzone import defaults as D
 from dropzone import intake as intake_module
 from dropzone.config import Config, Inbox, MarketoSettings
 from dropzone.dispatch import Dispatch
-from dropzone.errors import DropzoneError, Interrupted, WouldWaitError
+from dropzone.errors import DropzoneError, Interrupted, StoreError, WouldWaitError
 from dropzone.intake import Intake
 from dropzone.jobs import ChunkState, FileState
 from dropzone.marketo import MarketoClient
@@ -93,6 +94,9 @@ class Daemon:
         self.dispatches: dict[str, Dispatch] = {
             name: self._dispatch(settings) for name, settings in config.all_instances().items()
         }
+        #: Stages of instances a reload removed or moved: they finish what they sent, then retire.
+        self.draining: list[Dispatch] = []
+        self._owners_unsettled = False
         self.report = Report(
             self.store, self.inbox_of, config.state_dir, self.metrics, self._heartbeat, pins=self.pins
         )
@@ -112,8 +116,9 @@ class Daemon:
             settings,
             sleep=self._no_waiting,
             on_call=self.metrics.instance(settings.name).on_call,
-            # During transfers: a heartbeat, and Interrupted once a shutdown is asked for.
-            tick=lambda: self._sleep(0.0),
+            # On the instance's threads: Interrupted once a shutdown is asked for, and never a
+            # heartbeat, which only the loop's own passes may give (a stuck loop must look stuck).
+            tick=self._stop_check,
         )
 
     def _dispatch(self, settings: MarketoSettings) -> Dispatch:
@@ -161,14 +166,18 @@ class Daemon:
         to the loop that also serves the other instances, the inboxes and the outboxes."""
         if seconds > 0:
             raise WouldWaitError(seconds)
-        self._sleep(0.0)
+        self._stop_check()
+
+    def _stop_check(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted
 
     def close(self) -> None:
         self.stop.set()  # calls still running end at their next tick (Interrupted); the journal has them
         for intake in self.intakes.values():
             intake.stop()
-        for dispatch in self.dispatches.values():
-            dispatch.close()
+        for stage in self._stages():
+            stage.close(self.clock())  # answers already in are recorded first
         self.store.close()
 
     def start(self) -> None:
@@ -193,7 +202,7 @@ class Daemon:
     def recover(self) -> None:
         """Put what a crash interrupted back on its way: claims first, then chunks, each on its instance."""
         intake_module.recover_claims(self.store)
-        assign_owners(self.store, self.config.all_instances())
+        assign_owners(self.store, self.config.all_instances())  # at start a journal error is fatal, and said
         for dispatch in self.dispatches.values():
             dispatch.recover(self.clock())
 
@@ -210,7 +219,11 @@ class Daemon:
             failures = 0
             while not self.stop.is_set():
                 if self.reload_requested.is_set():
-                    self.reload()
+                    try:
+                        self.reload()
+                    except Exception:
+                        # What was applied stays applied; what was not is retried (owners) or told.
+                        log.exception("reload_failed")
                 try:
                     busy = self.run_once()
                     failures = 0
@@ -233,7 +246,7 @@ class Daemon:
         """Wait until a hint arrives, a poll is due, or ``max_idle`` has passed."""
         self._heartbeat()
         wait = self.max_idle
-        next_poll = min((t for d in self.dispatches.values() if (t := d.next_due()) is not None), default=None)
+        next_poll = min((t for d in self._stages() if (t := d.next_due()) is not None), default=None)
         if next_poll is not None:
             wait = min(wait, max(0.0, next_poll - self.clock()))
         try:
@@ -264,9 +277,11 @@ class Daemon:
         for intake in list(self.intakes.values()):
             busy |= intake.run_once(now)
         busy |= self.prepare.run_once(self.clock())
-        for dispatch in list(self.dispatches.values()):
-            busy |= dispatch.run_once(self.clock())
-        self._retire_drained()
+        if self._owners_unsettled:
+            self._settle_owners()
+        for stage in self._stages():
+            busy |= stage.run_once(self.clock())
+        self._retire_drained(self.clock())
         busy |= self.report.run_once(self.clock())
         self._update_gauges()
         return busy
@@ -291,47 +306,77 @@ class Daemon:
 
     # ---- instances --------------------------------------------------------
 
+    def _stages(self) -> list[Dispatch]:
+        return [*self.dispatches.values(), *self.draining]
+
     def _reload_instances(self, wanted: dict[str, MarketoSettings]) -> list[str]:
         """Add, rebuild and drain dispatch stages to match ``wanted``; what changed, for the log.
 
-        A removed instance's stage keeps running, sending nothing, until the
-        batches it has open are finished (``_retire_drained``); one renamed
-        (its endpoint now under another name) hands its chunks to the new name.
+        An instance removed, or pointed at another endpoint, keeps its stage
+        running, sending nothing, until what it sent is finished or
+        ``DRAIN_DEADLINE_S`` has passed (``_retire_drained``): its calls'
+        answers are never thrown away. A renamed instance's unsent chunks
+        follow its endpoint to the new name.
         """
         changes: list[str] = []
-        endpoints = {s.subscription for s in wanted.values()}
-        for name, dispatch in self.dispatches.items():
-            if name not in wanted and not dispatch.draining:
-                # Renamed (its endpoint is configured under another name): its chunks follow the new name.
-                dispatch.draining = dispatch.settings.subscription not in endpoints
-                changes.append(f"instance removed: {name}" + (" (finishing its batches)" if dispatch.draining else ""))
+        now = self.clock()
+        for name, stage in list(self.dispatches.items()):
+            new = wanted.get(name)
+            if new is None or new.subscription != stage.settings.subscription:
+                self.dispatches.pop(name)
+                stage.draining, stage.drain_until = True, now + D.DRAIN_DEADLINE_S
+                self.draining.append(stage)
+                changes.append(f"instance {'removed' if new is None else 'moved'}: {name} (finishing what it sent)")
         for name, settings in wanted.items():
             current = self.dispatches.get(name)
-            if current is not None and current.settings == settings and not current.draining:
-                continue
-            if current is not None:
+            if current is None:
+                # Removed and added back with its endpoint: the stage still finishing its batches resumes.
+                revived = next((d for d in self.draining if d.name == name and d.settings.subscription ==
+                                settings.subscription), None)
+                if revived is not None:
+                    self.draining.remove(revived)
+                    revived.draining = False
+                    current = self.dispatches[name] = revived
+                else:
+                    self.dispatches[name] = self._dispatch(settings)
+                    changes.append(f"instance added: {name}")
+                    continue
+            if current.settings != settings:
                 current.replace_client(self._client(settings), settings)
-                current.draining = False
-            else:
-                self.dispatches[name] = self._dispatch(settings)
-            changes.append(f"instance {'changed' if current else 'added'}: {name}")
-        draining = [n for n, d in self.dispatches.items() if d.draining]
-        assign_owners(self.store, wanted, draining=draining)
-        for name in [n for n in self.dispatches if n not in wanted and n not in draining]:
-            self._drop_instance(name)
+                changes.append(f"instance changed: {name}")
+        self._settle_owners(wanted)
         return changes
 
-    def _retire_drained(self) -> None:
-        for name in [n for n, d in self.dispatches.items() if d.draining and not d.has_open()]:
-            self._drop_instance(name)
-            # Chunks it may have put back (an upload Marketo did not execute) now fail with the reason.
-            draining = [n for n, d in self.dispatches.items() if d.draining]
-            assign_owners(self.store, self.config.all_instances(), draining=draining)
-            log.info("instance_retired", instance=name)
+    def _settle_owners(self, instances: dict[str, MarketoSettings] | None = None) -> None:
+        """``owners.assign_owners``; a journal error leaves it for the next pass (``_owners_unsettled``)."""
+        instances = instances or self.config.all_instances()
+        busy = set().union(*(d.running() for d in self._stages()))
+        try:
+            assign_owners(self.store, instances, draining=self._gone_endpoints(instances), busy=busy)
+            self._owners_unsettled = False
+        except (sqlite3.Error, StoreError) as exc:
+            self._owners_unsettled = True
+            log.error("journal_write_failed_will_retry", error=str(exc))
 
-    def _drop_instance(self, name: str) -> None:
-        self.dispatches.pop(name).close()
-        self.metrics.forget_instance(name)
+    def _gone_endpoints(self, instances: dict[str, MarketoSettings]) -> list[str]:
+        """Endpoints only a draining stage still serves (a renamed instance's is served under its new name)."""
+        configured = {s.subscription for s in instances.values()}
+        return [d.settings.subscription for d in self.draining if d.settings.subscription not in configured]
+
+    def _retire_drained(self, now: float) -> None:
+        gone = self._gone_endpoints(self.config.all_instances())
+        for stage in list(self.draining):
+            if stage.running():
+                continue  # its answers are collected first, whatever the deadline
+            if stage.settings.subscription in gone and stage.has_open() and now < stage.drain_until:
+                continue
+            self.draining.remove(stage)
+            stage.close(now)
+            if stage.name not in self.dispatches:
+                self.metrics.forget_instance(stage.name)
+            # What it could not finish, and what a call put back meanwhile, now fails with the reason.
+            self._settle_owners()
+            log.info("instance_retired", instance=stage.name, unfinished=stage.has_open())
 
     # ---- reload -----------------------------------------------------------
 

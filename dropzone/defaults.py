@@ -99,6 +99,9 @@ RESUBMIT_HOLD_MAX_S: Final = 1_800.0
 # --- The loop -------------------------------------------------------------------
 
 MAX_IDLE_S: Final = 1.0
+DRAIN_DEADLINE_S: Final = 3600.0
+"""How long the stage of an instance a reload removed keeps finishing what it sent; then what is
+left is reported as of unknown outcome (a Marketo that never answers must not hold files forever)."""
 """Longest the loop sleeps when nothing is due; hints from the watchers wake it earlier."""
 CLAIMS_PER_PASS: Final = 50
 """Files one inbox may claim in one pass, so others (and the heartbeat) get their turn."""

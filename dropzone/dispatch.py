@@ -75,6 +75,7 @@ class _Call:
     future: Future[Attempt[Any]]
     apply: Callable[[Any, Exception | None, float], None]
     kind: str
+    client: MarketoClient  # closed, if a reload replaced it, once its last call is collected
 
 
 @dataclass
@@ -118,8 +119,10 @@ class Dispatch:
     pauses: Pauses = field(default_factory=Pauses)
     #: How long this instance's imports take, learnt from the batches it finished.
     predictor: polling.Predictor = field(default_factory=polling.Predictor)
-    #: Removed from the configuration by a reload: finishes the batches it has open, sends nothing new.
+    #: Removed from the configuration by a reload: finishes the batches it has open, sends nothing new,
+    #: until ``drain_until`` (monotonic) at the latest.
     draining: bool = False
+    drain_until: float = 0.0
     _polls: dict[int, _Poll] = field(default_factory=dict)
     _running: dict[int, _Call] = field(default_factory=dict)  # by chunk id: one call per chunk at a time
     _old_clients: list[MarketoClient] = field(default_factory=list)
@@ -155,7 +158,7 @@ class Dispatch:
 
     def _start(self, chunk_id: int, kind: str, call: Callable[[], Any], apply: Callable[..., None], now: float) -> None:
         future = calls_module.start(self.calls, call)
-        self._running[chunk_id] = _Call(future, apply, kind)
+        self._running[chunk_id] = _Call(future, apply, kind, self.client)
         future.add_done_callback(lambda _f: self.wake())
         if future.done():
             self._finish(chunk_id, now)  # inline: applied in this pass, as if the call were ours
@@ -164,9 +167,10 @@ class Dispatch:
         finished = [chunk_id for chunk_id, call in self._running.items() if call.future.done()]
         for chunk_id in finished:
             self._finish(chunk_id, now)
-        if not self._running:
-            while self._old_clients:
-                self._old_clients.pop().close()
+        in_use = {id(call.client) for call in self._running.values()}
+        for client in [c for c in self._old_clients if id(c) not in in_use]:
+            self._old_clients.remove(client)
+            client.close()
         return bool(finished)
 
     def _finish(self, chunk_id: int, now: float) -> None:
@@ -178,6 +182,12 @@ class Dispatch:
             # The journal is briefly unavailable: keep what must be written and write it first next pass.
             log.error("journal_write_failed_will_retry", error=str(exc))
             self._unsaved.append(partial(call.apply, attempt.value, attempt.error, now))
+        except Exception:  # one result's trouble must not end the pass for the others
+            log.exception("applying_a_result_failed", chunk_id=chunk_id, kind=call.kind)
+
+    def running(self) -> set[int]:
+        """The chunks with a call running: nothing else may move them meanwhile (``owners``)."""
+        return set(self._running)
 
     def _count(self, kind: str) -> int:
         return sum(1 for call in self._running.values() if call.kind == kind)
@@ -187,17 +197,25 @@ class Dispatch:
         self._old_clients.append(self.client)
         self.client, self.settings = client, settings
 
-    def close(self) -> None:
-        """Wait for running calls (a shutdown interrupts them within a second), close the clients."""
+    def close(self, now: float) -> None:
+        """Wait for running calls (a shutdown interrupts them within a second), record the answers
+        that came meanwhile (a batchId received is never thrown away), close the clients."""
         self.calls.shutdown(wait=True, cancel_futures=True)
-        for client in [self.client, *self._old_clients]:
+        for chunk_id, call in list(self._running.items()):
+            if call.future.cancelled() or isinstance(call.future.exception(), Interrupted):
+                self._running.pop(chunk_id)  # the journal says where it stands: recovery takes it from there
+        try:
+            self._collect(now)
+        except (sqlite3.Error, StoreError) as exc:
+            log.error("journal_write_failed_at_shutdown", error=str(exc))
+        for client in {id(c): c for c in [self.client, *self._old_clients]}.values():
             client.close()
 
     # ---- recovery -------------------------------------------------------------
 
     def recover(self, now: float) -> None:
         """Put chunks a crash interrupted back on their way (``jobs.recovery_action``)."""
-        for chunk in self.store.chunks(SENT, instance=self.name):
+        for chunk in self.store.chunks(SENT, instance=self.name, endpoint=self._endpoint):
             match jobs.recovery_action(chunk.state):
                 case jobs.RecoveryAction.RESUBMIT:
                     why = "dropzone stopped between the upload and its answer"
@@ -218,7 +236,11 @@ class Dispatch:
 
     def has_open(self) -> bool:
         """Whether any chunk of this instance is sent and not finished (a draining stage is done without)."""
-        return bool(self._running) or self.store.count_chunks(SENT, instance=self.name) > 0
+        return bool(self._running) or self.store.count_chunks(SENT, instance=self.name, endpoint=self._endpoint) > 0
+
+    @property
+    def _endpoint(self) -> str:
+        return self.settings.subscription
 
     def next_due(self) -> float | None:
         """When a poll is next due (monotonic), for the loop's idle wait; never inside a pause."""
@@ -241,7 +263,7 @@ class Dispatch:
             return False
         wall = self.wall()
         files = {row.id: row for row in self.store.files([FileState.SPLIT])}
-        open_chunks = self.store.chunks(jobs.CHUNK_OPEN, instance=self.name)
+        open_chunks = self.store.chunks(jobs.CHUNK_OPEN, instance=self.name, endpoint=self._endpoint)
         busy_lists = {self._list_of(files.get(c.file_id)) for c in open_chunks}
         busy_lists |= {lid for lid, until in self.pauses.lists_until.items() if until > now}
         candidates = [
@@ -310,6 +332,17 @@ class Dispatch:
 
     def _submitted(self, chunk: ChunkRow, row: FileRow, batch: BatchStatus | None, error: Exception | None,
                    now: float) -> None:
+        current = self.store.chunk(chunk.id)
+        if current.state is not ChunkState.SUBMITTING:
+            # Moved meanwhile (a reload failed it): the answer is only told, never applied over it.
+            if batch is not None:
+                self.store.add_note(
+                    chunk.file_id,
+                    f"chunk {chunk.index} was accepted by Marketo as batch {batch.batch_id} after it had been "
+                    "given up here; that batch may have imported its rows",
+                )
+            log.warning("late_answer_not_applied", chunk_id=chunk.id, state=current.state.value)
+            return
         decision = jobs.after_submit(error)
         with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=chunk.index):
             self._apply_submit(decision, chunk, batch, error, now)
@@ -404,9 +437,10 @@ class Dispatch:
     def _poll(self, now: float) -> bool:
         if now < self.pauses.api_until:
             return False
-        if len(self._polls) < self.store.count_chunks([ChunkState.SUBMITTED], instance=self.name):
+        submitted = {"instance": self.name, "endpoint": self._endpoint}
+        if len(self._polls) < self.store.count_chunks([ChunkState.SUBMITTED], **submitted):
             # A batch the journal has and this stage lost (an interrupted step, a renamed instance).
-            for chunk in self.store.chunks([ChunkState.SUBMITTED], instance=self.name):
+            for chunk in self.store.chunks([ChunkState.SUBMITTED], **submitted):
                 self._polls.setdefault(chunk.id, _lost_poll(chunk, now))
         busy = False
         plans = [
@@ -521,7 +555,7 @@ class Dispatch:
         if now < self.pauses.api_until:
             return False
         busy = False
-        for chunk in self.store.chunks([ChunkState.FETCHING], instance=self.name):
+        for chunk in self.store.chunks([ChunkState.FETCHING], instance=self.name, endpoint=self._endpoint):
             if now < self.pauses.api_until:
                 break
             if chunk.id in self._running:
@@ -542,6 +576,8 @@ class Dispatch:
 
     def _fetched(self, chunk: ChunkRow, row: FileRow, got: Downloaded | None, error: Exception | None,
                  now: float) -> None:
+        if self.store.chunk(chunk.id).state is not ChunkState.FETCHING:
+            return  # finished meanwhile (a reload settled it)
         with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=chunk.index):
             if got is None or got.retry is not None:
                 why = error or (got.retry if got is not None else None)

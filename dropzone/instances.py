@@ -94,9 +94,16 @@ class MarketoSettings:
 
 
 def same_endpoint_key(endpoint: str) -> str:
-    """``HTTPS://123-ABC-456.mktorest.com/`` and ``https://123-abc-456.mktorest.com`` are one instance."""
+    """``HTTPS://123-ABC-456.mktorest.com:443/`` and ``https://123-abc-456.mktorest.com.`` are one instance."""
     parts = urllib.parse.urlsplit(endpoint.strip())
-    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None and port != {"https": 443, "http": 80}.get(scheme):
+        host = f"{host}:{port}"
+    return urllib.parse.urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
 
 
 def parse_instances(ctx: Context, default: object, others: object) -> dict[str, MarketoSettings]:

@@ -25,7 +25,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,8 +36,15 @@ from requests_toolbelt.multipart.encoder import MultipartEncoder
 
 from dropzone import defaults as D
 from dropzone import logs, throttle, transport
-from dropzone.config import MarketoSettings
-from dropzone.errors import AuthError, MarketoError, OutcomeUnknownError, ThrottledError, TransientError
+from dropzone.errors import (
+    AuthError,
+    MarketoError,
+    MisconfiguredError,
+    OutcomeUnknownError,
+    ThrottledError,
+    TransientError,
+)
+from dropzone.instances import MarketoSettings
 from dropzone.kinds import FileFormat
 from dropzone.replies import BatchStatus, Endpoint, TokenRefusedError, Where, interpret, parse_batch, parse_identity
 from dropzone.targets import ImportTarget
@@ -211,7 +218,18 @@ class MarketoClient:
 
     def check_credentials(self) -> None:
         """Fetch a token; raises AuthError on bad credentials. For ``dropzone check``."""
-        self._get_token()
+        with self._named_keys():
+            self._get_token()
+
+    @contextlib.contextmanager
+    def _named_keys(self) -> Iterator[None]:
+        """Advice naming ``marketo.endpoint`` names ``instances.NAME.endpoint`` for another instance."""
+        try:
+            yield
+        except MisconfiguredError as exc:
+            if self.settings.name != D.DEFAULT_INSTANCE and exc.args:
+                exc.args = (str(exc.args[0]).replace("marketo.", f"instances.{self.settings.name}."), *exc.args[1:])
+            raise
 
     # ---- token ------------------------------------------------------------
 
@@ -303,6 +321,24 @@ class MarketoClient:
         before_send: Callable[[], None] | None = None,
         not_executed: Callable[[], None] | None = None,
         retry_for: float | None = None,
+    ) -> T:
+        with self._named_keys():
+            return self._call_with_retries(
+                where, parse, params=params, body=body, file=file, before_send=before_send,
+                not_executed=not_executed, retry_for=retry_for,
+            )
+
+    def _call_with_retries(
+        self,
+        where: Where,
+        parse: Callable[[Any], T],
+        *,
+        params: Mapping[str, str] | None,
+        body: _Body | None,
+        file: bool,
+        before_send: Callable[[], None] | None,
+        not_executed: Callable[[], None] | None,
+        retry_for: float | None,
     ) -> T:
         deadline = self._clock() + (self.settings.max_retry_seconds if retry_for is None else retry_for)
         attempt = 0

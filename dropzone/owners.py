@@ -20,17 +20,25 @@ from dropzone.store import Store
 log = structlog.get_logger("dropzone.owners")
 
 
-def assign_owners(store: Store, instances: Mapping[str, MarketoSettings], *, draining: Collection[str] = ()) -> None:
+def assign_owners(
+    store: Store,
+    instances: Mapping[str, MarketoSettings],
+    *,
+    draining: Collection[str] = (),
+    busy: Collection[int] = (),
+) -> None:
     """Give each unfinished chunk to the configured instance that can finish it.
 
-    ``draining``: instances a reload removed whose stage still runs: the
-    batches they have sent are finished there; their unsent chunks are failed.
+    ``draining``: endpoints a reload took away (an instance removed, or
+    pointed elsewhere) whose stage still runs: what was sent there is
+    finished there; unsent chunks of a removed instance are failed.
+    ``busy``: chunks with a call running: left alone until its answer is in.
     """
     configured = {name: settings.subscription for name, settings in instances.items()}
     store.remember_instances(configured)
     last_known = store.known_instances()
     for chunk in store.chunks([s for s in ChunkState if s not in jobs.CHUNK_FINAL]):
-        if chunk.instance in draining and chunk.state is not ChunkState.PENDING:
+        if chunk.id in busy or (chunk.endpoint in draining and chunk.state is not ChunkState.PENDING):
             continue
         decision = jobs.chunk_owner(
             chunk.state, chunk.instance, chunk.endpoint, configured, last_known.get(chunk.instance),

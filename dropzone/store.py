@@ -212,13 +212,18 @@ def _target(raw: str | None) -> ImportTarget | None:
     return ImportTarget.from_json(json.dumps(doc))
 
 
-def _where_chunks(states: Iterable[ChunkState], instance: str | None) -> tuple[str, list[str]]:
-    """A WHERE clause with placeholders only, and its values."""
+def _where_chunks(
+    states: Iterable[ChunkState], instance: str | None, endpoint: str | None = None
+) -> tuple[str, list[str]]:
+    """A WHERE clause with placeholders only, and its values. ``endpoint``: sent there, or not recorded."""
     args = [s.value for s in states]
     sql = f"state IN ({','.join('?' * len(args))})"
     if instance is not None:
         sql += " AND instance=?"
         args.append(instance)
+    if endpoint is not None:
+        sql += " AND (endpoint IS NULL OR endpoint=?)"
+        args.append(endpoint)
     return sql, args
 
 
@@ -539,8 +544,10 @@ class Store:
             self._move(db, "chunks", chunk_id, ChunkState.ERROR)
             db.execute("UPDATE chunks SET error=? WHERE id=?", (_text(error), chunk_id))
 
-    def count_chunks(self, states: Iterable[ChunkState], *, instance: str | None = None) -> int:
-        sql, args = _where_chunks(states, instance)
+    def count_chunks(
+        self, states: Iterable[ChunkState], *, instance: str | None = None, endpoint: str | None = None
+    ) -> int:
+        sql, args = _where_chunks(states, instance, endpoint)
         return int(self._db.execute(f"SELECT COUNT(*) FROM chunks WHERE {sql}", args).fetchone()[0])  # noqa: S608
 
     def chunk(self, chunk_id: int) -> ChunkRow:
@@ -554,9 +561,11 @@ class Store:
             _chunk_row(r) for r in self._db.execute("SELECT * FROM chunks WHERE file_id=? ORDER BY idx", (file_id,))
         ]
 
-    def chunks(self, states: Iterable[ChunkState], *, instance: str | None = None) -> list[ChunkRow]:
-        """Chunks in these states (of one instance, when given), in order of receipt."""
-        sql, args = _where_chunks(states, instance)
+    def chunks(
+        self, states: Iterable[ChunkState], *, instance: str | None = None, endpoint: str | None = None
+    ) -> list[ChunkRow]:
+        """Chunks in these states (of one instance, sent to one endpoint, when given), in order of receipt."""
+        sql, args = _where_chunks(states, instance, endpoint)
         rows = self._db.execute(f"SELECT * FROM chunks WHERE {sql} ORDER BY file_id, idx", args)  # noqa: S608
         return [_chunk_row(r) for r in rows]
 

@@ -37,7 +37,7 @@ from urllib3.util.retry import Retry
 
 from dropzone import __version__
 from dropzone import defaults as D
-from dropzone.config import MarketoSettings
+from dropzone.instances import MarketoSettings
 
 _CHUNK = 64 * 1024
 

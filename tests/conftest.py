@@ -6,11 +6,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from dropzone import config as config_module
+from dropzone.daemon import Daemon
 from dropzone.simulator import SimConfig, Simulator
 
 CLIENT_ID = "test-client"
@@ -88,3 +91,46 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+@pytest.fixture
+def sims() -> Iterator[Callable[..., Simulator]]:
+    """Factory of started simulators: ``sims(client_id, client_secret, **SimConfig knobs)``; instant by default."""
+    started: list[Simulator] = []
+
+    def make(client_id: str = CLIENT_ID, client_secret: str = CLIENT_SECRET, **knobs: Any) -> Simulator:
+        knobs.setdefault("instant", True)
+        sim = Simulator(SimConfig(client_id=client_id, client_secret=client_secret, **knobs)).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+class Daemons:
+    """Starts in-process daemons on a configuration file (reloadable from it) and closes them all at the end."""
+
+    def __init__(self) -> None:
+        self.running: list[Daemon] = []
+
+    def start(self, path: Path) -> Daemon:
+        daemon = Daemon(config_module.load(path), reload_config=lambda: config_module.load(path), max_idle=0.05)
+        daemon.start()
+        self.running.append(daemon)
+        return daemon
+
+    def crash(self, daemon: Daemon) -> None:
+        """Drop a daemon mid-work. ``close`` only releases the journal and sockets: every state it relies
+        on was journalled before the action it enables, so the next start sees what a SIGKILL leaves."""
+        self.running.remove(daemon)
+        daemon.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    made = Daemons()
+    yield made
+    for daemon in made.running:
+        daemon.close()
