@@ -23,6 +23,8 @@ MARKETO_MAX_OPEN_IMPORTS: Final = 10
 """Imports queued or running per instance; Marketo answers 1016 beyond."""
 MARKETO_MAX_IMPORT_BYTES: Final = 10_000_000
 """Marketo refuses import files of 10 MB or more (HTTP 413)."""
+QUOTA_EXEMPT_CODES: Final = frozenset({"601", "602", "604", "605", "608", "611"})
+"""Answers Adobe marks "not counted against your daily quota" (error-codes.md); Identity calls do not count either."""
 
 # --- The client ----------------------------------------------------------------
 
@@ -44,6 +46,16 @@ MAX_RETRY_S: Final = 300.0
 """How long one call keeps retrying transient errors before it gives up."""
 BACKOFF_BASE_S: Final = 1.0
 BACKOFF_CAP_S: Final = 60.0
+DAILY_QUOTA: Final = 50_000
+"""API calls per day of a typical instance ("at least 10,000"), shared with every integration."""
+DAILY_RESERVE: Final = 10_000
+"""Calls of the daily quota left to the customer's other integrations: new imports pause when only this
+many are left (0: never pause). Open imports still finish, a few calls each."""
+USAGE_REFRESH_S: Final = 600.0
+"""How often the instance's calls today are asked of /rest/v1/stats/usage.json (itself a call),
+while files wait to be submitted."""
+USAGE_RETRY_S: Final = 60.0
+"""After a usage.json call failed (not a 603: that one stops them for good)."""
 
 # --- Files -------------------------------------------------------------------
 

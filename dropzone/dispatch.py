@@ -10,7 +10,8 @@ its instance, so trouble on one instance never slows another. Each pass
   ``after_fetch`` decide what each means);
 * **admission and submit**: pending chunks go to Marketo while fewer than
   ``max_open_imports`` of ours are open, one open import per static list,
-  round-robin across inboxes (``jobs.pick_next``);
+  round-robin across inboxes (``jobs.pick_next``), and none once the daily
+  quota is down to its reserve (``quota.QuotaGuard``; polls and fetches go on);
 * **poll**: the batches Marketo can be finishing, around the finish the
   instance's ``polling.Predictor`` expects from the batches it saw before;
 * **fetch**: the failure and warning files of finished batches, into the
@@ -43,12 +44,14 @@ from dropzone.errors import Interrupted, MarketoError, QuotaExceededError, Store
 from dropzone.instances import MarketoSettings
 from dropzone.jobs import ChunkAction, ChunkState, FileState, Pause, PollAction
 from dropzone.marketo import BatchStatus, MarketoClient
+from dropzone.quota import QuotaGuard
 from dropzone.store import ChunkRow, Counts, FileRow, Store
 
 log = structlog.get_logger("dropzone.dispatch")
 
 #: States in which a chunk's bytes may be at Marketo and its batch is not finished with.
 SENT = (ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING)
+_USAGE = -1  # the usage.json call's key in ``Dispatch._running``, where chunk ids are positive
 
 
 @dataclass
@@ -129,6 +132,8 @@ class Dispatch:
     #: Journal writes a brief journal error kept from being made, in order: made before anything else.
     _unsaved: list[Callable[[], None]] = field(default_factory=list)
     _last_inbox: str | None = None
+    #: The daily quota: when to ask usage.json, whether new imports wait for its reset.
+    quota: QuotaGuard = field(default_factory=QuotaGuard)
 
     @property
     def name(self) -> str:
@@ -195,6 +200,7 @@ class Dispatch:
     def replace_client(self, client: MarketoClient, settings: MarketoSettings) -> None:
         """New settings (a reload): calls still running finish on the old client, closed after them."""
         self._old_clients.append(self.client)
+        client.share_quota(self.client)  # the day's calls stay counted
         self.client, self.settings = client, settings
 
     def close(self, now: float) -> None:
@@ -261,6 +267,7 @@ class Dispatch:
         pending = [c for c in self.store.chunks([ChunkState.PENDING], instance=self.name) if c.id not in self._running]
         if not pending:
             return False
+        self._ask_usage(now)
         wall = self.wall()
         files = {row.id: row for row in self.store.files([FileState.SPLIT])}
         open_chunks = self.store.chunks(jobs.CHUNK_OPEN, instance=self.name, endpoint=self._endpoint)
@@ -304,7 +311,14 @@ class Dispatch:
         return busy
 
     def _submits_paused(self, now: float) -> bool:
-        return now < max(self.pauses.submits_until, self.pauses.api_until)
+        paused = now < max(self.pauses.submits_until, self.pauses.api_until)
+        return paused or self.quota.holds(self.client.quota_today(), self.settings, self.metrics)
+
+    def _ask_usage(self, now: float) -> None:
+        if self.quota.due(now) and now >= self.pauses.api_until:  # every integration's calls today
+            self.quota.started()
+            self._start(_USAGE, "usage", partial(self.client.usage_today, retry_for=0.0),
+                        lambda _total, error, at: self.quota.answered(error, at), now)
 
     @staticmethod
     def _target_key(row: FileRow) -> str:

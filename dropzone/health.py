@@ -100,6 +100,7 @@ class InstanceMetrics:
         self._failing_since: float | None = None
         self._last_poll: float | None = None
         self._misconfigured: str | None = None
+        self._quota_pause: str | None = None
         self._calls: set[tuple[str, str]] = set()  # (endpoint, code) series to remove when forgotten
 
     def api_call(self, endpoint: str, outcome: str) -> None:
@@ -147,6 +148,15 @@ class InstanceMetrics:
                 self._misconfigured = reason
                 m.integration_refused.labels(self.name).set(1 if reason else 0)
 
+    def set_quota(self, *, ours: int, instance: int | None, paused: str | None) -> None:
+        """Calls today (ours; the instance's from usage.json, None when unknown), and why new imports
+        wait for the quota's reset (None: they do not)."""
+        with self._m._lock:
+            if self._attached:
+                self._m.api_calls_today.labels(self.name).set(ours)
+                self._m.instance_calls_today.labels(self.name).set(math.nan if instance is None else instance)
+                self._quota_pause = paused
+
     def _checks(self, now: float, grace: float) -> list[Check]:
         """This instance's readiness checks; the caller holds the lock."""
         default = self.name == DEFAULT_INSTANCE
@@ -156,6 +166,9 @@ class InstanceMetrics:
         if self._misconfigured is not None:
             checks.append(Check(f"marketo_access{suffix}", False,
                                 f"{who}Marketo refuses this integration: {self._misconfigured}"))
+        if self._quota_pause is not None:
+            # A deliberate pause, not a fault: shown, never failing (the reserve is the customer's).
+            checks.append(Check(f"marketo_quota{suffix}", True, f"{who}{self._quota_pause}"))
         ok_at, failing_since = self._ok_at, self._failing_since
         if failing_since is not None:
             failing_for = now - failing_since
@@ -275,6 +288,14 @@ class Metrics:
             "1 while this Marketo instance refuses this integration itself (603 access denied, IP allow-list, bad "
             "credentials): submissions to it are paused, no file fails for it.", ["instance"], registry=r,
         )
+        self.api_calls_today = Gauge(
+            "dropzone_api_calls_today", "dropzone's calls to this Marketo instance that may count toward its daily "
+            "quota, since its last reset (midnight US Central).", ["instance"], registry=r,
+        )
+        self.instance_calls_today = Gauge(
+            "dropzone_instance_calls_today", "Every integration's calls to this Marketo instance today, as "
+            "/rest/v1/stats/usage.json last said; NaN when unknown.", ["instance"], registry=r,
+        )
         Gauge(
             "dropzone_seconds_since_last_tick", "Seconds since the main loop last started a pass.", registry=r,
         ).set_function(lambda: self._since(self._last_tick))
@@ -288,8 +309,10 @@ class Metrics:
             view = self._instances.get(name)
             if view is None:
                 view = self._instances[name] = InstanceMetrics(self, name)
-                for gauge in (self.token_refreshes, self.batches_open, self.batches_queued, self.integration_refused):
+                for gauge in (self.token_refreshes, self.batches_open, self.batches_queued, self.integration_refused,
+                              self.api_calls_today):
                     gauge.labels(name)
+                self.instance_calls_today.labels(name).set(math.nan)
             return view
 
     def instance_names(self) -> list[str]:
@@ -307,7 +330,8 @@ class Metrics:
             view._attached = False
             for endpoint, code in view._calls:
                 self.api_calls.remove(endpoint, code, name)
-            for gauge in (self.token_refreshes, self.batches_open, self.batches_queued, self.integration_refused):
+            for gauge in (self.token_refreshes, self.batches_open, self.batches_queued, self.integration_refused,
+                          self.api_calls_today, self.instance_calls_today):
                 gauge.remove(name)
 
     # ---- what the daemon calls -----------------------------------------------
@@ -385,7 +409,9 @@ class Metrics:
         refuses the integration, ``marketo_access``; for an instance other than
         the default they are ``marketo:NAME`` and ``marketo_access:NAME``. Any
         failing check makes the whole daemon not ready, one instance's too: it
-        cannot do all the work it was configured for.
+        cannot do all the work it was configured for. ``marketo_quota`` (``:NAME``)
+        appears while new imports wait for the daily quota's reset, and never
+        fails: that pause leaves the reserve to the customer's other integrations.
         """
         now = self.clock()
         with self._lock:

@@ -40,6 +40,8 @@ MARKETO_KEYS = (
     "read_timeout",
     "max_retry_seconds",
     "resubmit_hold",
+    "daily_quota",
+    "daily_reserve",
 )
 
 
@@ -61,6 +63,8 @@ class MarketoSettings:
     read_timeout: float = D.READ_TIMEOUT_S
     max_retry_seconds: float = D.MAX_RETRY_S
     resubmit_hold: float = D.RESUBMIT_HOLD_S
+    daily_quota: int = D.DAILY_QUOTA
+    daily_reserve: int = D.DAILY_RESERVE
 
     @property
     def identity_url(self) -> str:
@@ -89,6 +93,8 @@ class MarketoSettings:
             read_timeout=self.read_timeout,
             max_retry_seconds=self.max_retry_seconds,
             resubmit_hold=self.resubmit_hold,
+            daily_quota=self.daily_quota,
+            daily_reserve=self.daily_reserve,
         )
         return out
 
@@ -154,6 +160,11 @@ def _settings(ctx: Context, data: object, path: str, name: str) -> MarketoSettin
         secret = s.string("client_secret")
     else:
         raise s.error("client_secret", "is required (or client_secret_file)")
+    daily_quota = s.integer("daily_quota", D.DAILY_QUOTA, low=1)
+    daily_reserve = s.integer("daily_reserve", D.DAILY_RESERVE, low=0)
+    if daily_reserve >= daily_quota:
+        # Else no import could ever be sent: the reserve is the part of the quota left to the others.
+        raise s.error("daily_reserve", f"must be less than daily_quota ({daily_quota}), got {daily_reserve}")
     return MarketoSettings(
         name=name,
         endpoint=endpoint,
@@ -171,6 +182,8 @@ def _settings(ctx: Context, data: object, path: str, name: str) -> MarketoSettin
         read_timeout=s.seconds("read_timeout", D.READ_TIMEOUT_S),
         max_retry_seconds=s.seconds("max_retry_seconds", D.MAX_RETRY_S, allow_zero=True),
         resubmit_hold=s.seconds("resubmit_hold", D.RESUBMIT_HOLD_S, allow_zero=True),
+        daily_quota=daily_quota,
+        daily_reserve=daily_reserve,
     )
 
 

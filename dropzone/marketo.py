@@ -46,7 +46,16 @@ from dropzone.errors import (
 )
 from dropzone.instances import MarketoSettings
 from dropzone.kinds import FileFormat
-from dropzone.replies import BatchStatus, Endpoint, TokenRefusedError, Where, interpret, parse_batch, parse_identity
+from dropzone.replies import (
+    BatchStatus,
+    Endpoint,
+    TokenRefusedError,
+    Where,
+    interpret,
+    parse_batch,
+    parse_identity,
+    parse_usage,
+)
 from dropzone.targets import ImportTarget
 from dropzone.transport import ReplyLimits, make_session
 
@@ -58,6 +67,13 @@ T = TypeVar("T")
 
 _REDACTED = "[redacted]"
 
+_NOT_SENT = "not sent"
+
+
+class _NotSentError(TransientError):
+    """No connection was made: the request never reached Marketo (nor its quota)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One HTTP exchange, for metrics and tests: never holds a URL query or a token."""
@@ -67,9 +83,13 @@ class CallRecord:
     path: str
     outcome: str  # "ok", a Marketo code ("606"), "HTTP 503", a reason ("reply not JSON") or an exception class name
     seconds: float
+    #: Whether it may have spent a call of the instance's daily quota (``throttle.counts_toward_quota``).
+    counted: bool = False
 
 
 def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, _NotSentError):
+        return _NOT_SENT
     if isinstance(exc, TokenRefusedError):
         return exc.code
     if isinstance(exc, OutcomeUnknownError):
@@ -135,6 +155,8 @@ class MarketoClient:
         self._rate_lock = threading.Lock()
         self._window = throttle.RateWindow(settings.calls_per_20s)
         self._in_flight = threading.BoundedSemaphore(settings.max_concurrent_calls)
+        self._quota_lock = threading.Lock()
+        self._quota = throttle.DailyCalls()
         self.token_refreshes = 0
 
     def __repr__(self) -> str:
@@ -215,6 +237,35 @@ class MarketoClient:
         """The warning file's bytes, or None when Marketo has no warning rows (404 or empty 200)."""
         where = Where(Endpoint.WARNINGS, "GET", target.batch_path(batch_id, "warnings"))
         return self._call(where, _file_or_none, file=True, retry_for=retry_for)
+
+    def usage_today(self, *, retry_for: float | None = None) -> int:
+        """The instance's API calls today, every integration's, from ``/rest/v1/stats/usage.json``.
+
+        Kept for ``quota_today``. Raises MisconfiguredError (code "603") when the API
+        user may not read usage, and a TransientError for a reply it cannot trust.
+        """
+        where = Where(Endpoint.USAGE, "GET", "/rest/v1/stats/usage.json")
+        with self._quota_lock:
+            # Taken before the call: ours sent meanwhile (this one too) are added to its answer.
+            ours_then = self._quota.total
+        total = self._call(where, lambda data: parse_usage(data, where), retry_for=retry_for)
+        with self._quota_lock:
+            self._quota.observe_usage(total, taken_at=self._now_utc(), ours_then=ours_then)
+        return total
+
+    def calls_today(self) -> int:
+        """Our calls that may count toward the instance's daily quota, since its last reset."""
+        with self._quota_lock:
+            return self._quota.ours(self._now_utc())
+
+    def quota_today(self) -> throttle.QuotaToday:
+        """Our calls today, the instance's as usage.json last said, and what is known spent."""
+        with self._quota_lock:
+            return self._quota.today(self._now_utc())
+
+    def share_quota(self, other: MarketoClient) -> None:
+        """Count on ``other``'s tally (a reload replaces a client: the day's calls stay counted)."""
+        self._quota_lock, self._quota = other._quota_lock, other._quota
 
     def check_credentials(self) -> None:
         """Fetch a token; raises AuthError on bad credentials. For ``dropzone check``."""
@@ -439,7 +490,7 @@ class MarketoClient:
                 outcome = _outcome(exc)
                 raise
             finally:
-                self._record(where, outcome, started)
+                self._record(where, outcome, started, sent=outcome != _NOT_SENT)
 
     def _wire(
         self,
@@ -481,7 +532,7 @@ class MarketoClient:
             failure = self._lost(where, exc.reason)
         except requests.exceptions.RequestException as exc:
             if transport.never_sent(exc):
-                failure = TransientError(
+                failure = _NotSentError(
                     f"could not connect to Marketo for {where} ({type(exc).__name__})", endpoint=where.endpoint
                 )
             elif exchange.ended is not None:  # the deadline or the rate floor
@@ -513,14 +564,18 @@ class MarketoClient:
                 text = text.replace(secret, _REDACTED)
         return text
 
-    def _record(self, where: Where, outcome: str, started: float) -> None:
+    def _record(self, where: Where, outcome: str, started: float, *, sent: bool = True) -> None:
         seconds = self._clock() - started
+        counted = throttle.counts_toward_quota(where.endpoint, outcome, sent=sent)
+        if counted:
+            with self._quota_lock:
+                self._quota.record(self._now_utc())
         log.debug(
             "marketo_call", endpoint=str(where.endpoint), method=where.method, path=where.path, outcome=outcome,
             ms=round(seconds * 1000, 1),
         )
         if self._on_call is not None:
-            self._on_call(CallRecord(where.endpoint, where.method, where.path, outcome, seconds))
+            self._on_call(CallRecord(where.endpoint, where.method, where.path, outcome, seconds, counted))
 
 
 def _file_or_none(value: Any) -> bytes | None:

@@ -52,6 +52,7 @@ class Endpoint(enum.StrEnum):
     STATUS = "status"
     FAILURES = "failures"
     WARNINGS = "warnings"
+    USAGE = "usage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ _MISCONFIGURED: dict[str, tuple[str, str]] = {
 }
 
 _TOKEN_SHAPE = re.compile(r"[!-~]{1,1024}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MESSAGE_MAX = 200
 
 
@@ -300,7 +302,7 @@ def _raise_code(where: Where, code: str, text: str, now_utc: dt.datetime) -> NoR
     endpoint = where.endpoint
     if code in TOKEN_CODES:
         raise TokenRefusedError(code)
-    if not where.creates and code in BATCH_NOT_FOUND_CODES:
+    if where.endpoint in (Endpoint.STATUS, Endpoint.FAILURES, Endpoint.WARNINGS) and code in BATCH_NOT_FOUND_CODES:
         raise BatchNotFoundError(message + "; Marketo does not know this batch (unknown, or older than 7 days)",
                                  code=code, endpoint=endpoint)
     if code in _MISCONFIGURED:
@@ -384,6 +386,31 @@ def parse_batch(
     )
 
 
+def parse_usage(data: Mapping[str, Any], where: Where) -> int:
+    """The instance's API calls today, from a ``/rest/v1/stats/usage.json`` envelope.
+
+    The shape is inferred: our docs and seeds only name the endpoint, so this reads
+    Adobe's public example (``result: [{"date": "2026-11-30", "total": 1234, "users":
+    [{"userId": ..., "count": ...}]}]``). The latest ``date`` is today; an empty
+    ``result`` is a day without calls. Anything else is an error, never a guess:
+    a wrong count would pause imports, or let them starve the other integrations.
+    """
+    result = data.get("result")
+    if not isinstance(result, list):
+        _bad_reply(where, "reply malformed", "no result list")
+    days: list[tuple[str, int]] = []
+    for item in result:
+        if not isinstance(item, dict):
+            _bad_reply(where, "reply malformed", "a result that is not an object")
+        day, total = item.get("date"), _count(item.get("total"))
+        if not isinstance(day, str) or not _DATE.fullmatch(day.strip()):
+            _bad_reply(where, "reply malformed", "date missing or not YYYY-MM-DD")
+        if total is None:
+            _bad_reply(where, "reply malformed", "total is not a count")
+        days.append((day.strip(), total))
+    return max(days)[1] if days else 0
+
+
 def parse_identity(
     status: int,
     headers: Mapping[str, str],
@@ -431,4 +458,13 @@ def parse_identity(
     return token, expires_in if math.isfinite(expires_in) and expires_in > 0 else 0.0
 
 
-__all__ = ["BatchStatus", "Endpoint", "TokenRefusedError", "Where", "interpret", "parse_batch", "parse_identity"]
+__all__ = [
+    "BatchStatus",
+    "Endpoint",
+    "TokenRefusedError",
+    "Where",
+    "interpret",
+    "parse_batch",
+    "parse_identity",
+    "parse_usage",
+]

@@ -3,6 +3,12 @@
 Owns the numbers; owns no clock, no thread, no socket. Callers pass ``now``
 (a monotonic reading, or an aware datetime for the quota day), so every rule
 here is tested with plain values.
+
+The daily quota resets "at 12:00AM CST"; whether Marketo means Chicago time
+(CDT, UTC-5, in summer) or plain CST (UTC-6) all year is not documented. Both
+readings are kept, and each rule takes the one that spends less of the
+customer's quota: the day counted from the earlier possible midnight, a call
+of the hour between them counted in both days.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import collections
 import datetime as dt
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dropzone import defaults as D
@@ -81,6 +88,121 @@ def _marketo_zone() -> dt.tzinfo:
         return ZoneInfo("America/Chicago")
     except ZoneInfoNotFoundError:
         return dt.timezone(dt.timedelta(hours=-6), "CST")
+
+
+def _plain_cst() -> dt.tzinfo:
+    return dt.timezone(dt.timedelta(hours=-6), "CST")
+
+
+def _readings() -> tuple[dt.tzinfo, ...]:
+    return (_marketo_zone(), _plain_cst())
+
+
+def _midnights(now: dt.datetime, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
+    """The midnights in ``zone`` just before (or at) and just after ``now``, as UTC."""
+    day = now.astimezone(zone).date()
+    last = dt.datetime.combine(day, dt.time(0, 0), tzinfo=zone)
+    following = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0, 0), tzinfo=zone)
+    return last.astimezone(dt.UTC), following.astimezone(dt.UTC)
+
+
+def quota_day_start(now: dt.datetime) -> dt.datetime:
+    """Since when calls count toward today's quota, on the reading that makes today longest (UTC).
+
+    In summer, between 05:00 and 06:00 UTC Chicago's day has begun and plain CST's
+    has not: yesterday's calls still count. After 06:00 the calls of that hour count
+    toward today too. A count from here is never lower than Marketo's, on either reading.
+    """
+    return min(_midnights(now, zone)[0] for zone in _readings())
+
+
+def quota_day_rolls(now: dt.datetime) -> dt.datetime:
+    """The next moment ``quota_day_start`` moves on, and a count from it may fall (UTC)."""
+    bounds = [_midnights(now, zone) for zone in _readings()]
+    start = min(last for last, _ in bounds)
+    # Readings that began the day together must all have moved on before it does.
+    return max(following for last, following in bounds if last == start)
+
+
+def counts_toward_quota(endpoint: str, outcome: str, *, sent: bool = True) -> bool:
+    """Whether one exchange may have spent a call of the instance's daily quota.
+
+    Identity calls, requests that never left, and the answers Adobe exempts
+    (``D.QUOTA_EXEMPT_CODES``) do not. Everything else does: Marketo's refusals
+    (606, 607, 615, 603, 1016), HTTP errors and lost replies alike. Whether those
+    count is not documented, and counting one too many can only pause us early.
+    """
+    return sent and endpoint != "identity" and outcome not in D.QUOTA_EXEMPT_CODES
+
+
+def reserve_reached(used: int, *, quota: int, reserve: int) -> bool:
+    """Whether new imports wait: ``used`` calls of the day's ``quota`` leave ``reserve`` or fewer (0: never)."""
+    return reserve > 0 and quota - used <= reserve
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaToday:
+    """The instance's daily quota as far as we know it, at one moment."""
+
+    ours: int  # our calls since the quota day began
+    instance: int | None  # every integration's, as usage.json last said (None: unknown)
+    used: int  # the calls known spent (``DailyCalls.used``)
+    rolls_at: dt.datetime  # when the count may next fall (``quota_day_rolls``)
+
+
+class DailyCalls:
+    """Our calls per quota day, and the instance's calls today as usage.json last told them.
+
+    Calls are kept per UTC hour for two days: both readings of Marketo's midnight
+    fall on a whole UTC hour, so a count since either is exact, and memory stays
+    flat however many calls a day brings.
+    """
+
+    def __init__(self) -> None:
+        self._hours: dict[int, int] = {}
+        #: Every call ever recorded: our calls between two instants, whatever the day.
+        self.total = 0
+        self._usage: tuple[int, dt.datetime, int] | None = None  # (instance total, taken at, self.total then)
+
+    def record(self, now: dt.datetime) -> None:
+        hour = _hour(now)
+        self._hours[hour] = self._hours.get(hour, 0) + 1
+        self.total += 1
+        if len(self._hours) > 49:
+            for old in [h for h in self._hours if h < hour - 48]:
+                del self._hours[old]
+
+    def ours(self, now: dt.datetime) -> int:
+        """Our calls of the quota day holding ``now`` (``quota_day_start``)."""
+        start = _hour(quota_day_start(now))
+        return sum(n for hour, n in self._hours.items() if hour >= start)
+
+    def observe_usage(self, instance_total: int, *, taken_at: dt.datetime, ours_then: int) -> None:
+        """usage.json said ``instance_total`` calls today; ``ours_then`` is ``total`` before it was asked."""
+        self._usage = (instance_total, taken_at, ours_then)
+
+    def instance(self, now: dt.datetime) -> int | None:
+        """The instance's calls today as last answered; None once that answer may be of another day."""
+        if self._usage is None or self._usage[1] < quota_day_start(now):
+            return None
+        return self._usage[0]
+
+    def used(self, now: dt.datetime) -> int:
+        """The calls of today's quota known to be spent: ours, or the instance's last total plus our calls
+        since it was asked (Marketo's count has grown by at least those), whichever is more."""
+        ours = self.ours(now)
+        instance = self.instance(now)
+        if instance is None or self._usage is None:
+            return ours
+        return max(ours, instance + max(0, self.total - self._usage[2]))
+
+
+    def today(self, now: dt.datetime) -> QuotaToday:
+        return QuotaToday(self.ours(now), self.instance(now), self.used(now), quota_day_rolls(now))
+
+
+def _hour(now: dt.datetime) -> int:
+    return int(now.timestamp()) // 3600
 
 
 def next_quota_reset(now: dt.datetime) -> dt.datetime:

@@ -215,7 +215,7 @@ def test_metrics_report_what_was_fed(server: HealthServer, metrics: Metrics, clo
 
 def test_every_metric_is_documented(metrics: Metrics) -> None:
     families = list(metrics.registry.collect())
-    assert len(families) == 14
+    assert len(families) == 16
     for family in families:
         assert family.name.startswith("dropzone_"), family.name
         assert family.documentation, family.name
@@ -270,6 +270,8 @@ MARKETO_METRICS = (  # families, as _series names them
     "dropzone_batches_queued",
     "dropzone_marketo_integration_refused",
     "dropzone_seconds_since_last_successful_poll",
+    "dropzone_api_calls_today",
+    "dropzone_instance_calls_today",
 )
 
 

@@ -694,9 +694,9 @@ class TestReload:
         fast_pauses(daemon, "sandbox", 30.0)  # the 1016 keeps it pending for the test's length
         sandbox.arm(Fault("1016", endpoint="import", times=None))
         drop(tmp_path, "acme", "test_pending.csv", ["p1@acme.example"])
-        # The 1016 answered and taken in (the answer comes back through the instance's thread).
-        run_until(daemon, lambda: codes(sandbox, "1016") >= 1 and not daemon.dispatches["sandbox"].running(),
-                  what="a 1016")
+        # The simulator logs a call before its answer is read: wait for the answer to be applied too.
+        run_until(daemon, lambda: codes(sandbox, "1016") >= 1
+                  and chunk_states(daemon, "sandbox") == [ChunkState.PENDING], what="a 1016")
         assert chunk_states(daemon, "sandbox") == [ChunkState.PENDING]
         write_config(tmp_path, prod, {}, [inbox_yaml("acme", [("*.csv", None)])])
         daemon.reload()
@@ -734,9 +734,8 @@ class TestReload:
         fast_pauses(daemon, "sandbox", 30.0)
         fault = sandbox.arm(Fault("1016", endpoint="import", times=None))
         drop(tmp_path, "acme", "test_rp.csv", ["rp@acme.example"])
-        # The 1016 answered and taken in (the answer comes back through the instance's thread).
-        run_until(daemon, lambda: codes(sandbox, "1016") >= 1 and not daemon.dispatches["sandbox"].running(),
-                  what="a 1016")
+        run_until(daemon, lambda: codes(sandbox, "1016") >= 1
+                  and chunk_states(daemon, "sandbox") == [ChunkState.PENDING], what="a 1016 applied")
         write_config(tmp_path, prod, {"staging": sandbox}, [inbox_yaml("acme", RENAMED)])
         daemon.reload()
         assert chunk_states(daemon, "staging") == [ChunkState.PENDING]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import queue
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dropzone import errors, health
+from dropzone import errors, health, throttle
 from dropzone.config import Config, Inbox
 from dropzone.dispatch import Dispatch
 from dropzone.intake import Intake
@@ -198,6 +199,12 @@ class FakeClient:
 
     def warnings(self, target, batch_id, retry_for=None):
         return None
+
+    def usage_today(self, retry_for=None):
+        return 0
+
+    def quota_today(self) -> throttle.QuotaToday:
+        return throttle.QuotaToday(ours=0, instance=0, used=0, rolls_at=dt.datetime(2026, 12, 1, 6, tzinfo=dt.UTC))
 
     def close(self) -> None:
         pass

@@ -12,6 +12,7 @@ fake and hide itself.
         sim.inject("606", times=2, endpoint="import")
         sim.arm(Fault("http429", endpoint="status", times=3, retry_after=2))
         sim.submissions(); sim.imported_rows(); sim.calls(); sim.wait_idle(5)
+        sim.add_foreign_calls(900); sim.calls_today()   # other integrations' share of the daily quota
 
 ``python -m dropzone.simulator`` (or ``dropzone simulate``) runs it standalone.
 Faults are armed from Python only (there is no admin endpoint); the kinds,

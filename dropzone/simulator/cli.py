@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-window", type=float, help="rate window in seconds (20)")
     p.add_argument("--max-concurrent", type=int, help="in-flight calls before 615 (10)")
     p.add_argument("--daily-quota", type=int, help="calls per day before 607 (unlimited)")
+    p.add_argument(
+        "--usage-denied", action="store_true", default=None, help="refuse /rest/v1/stats/usage.json with 603"
+    )
     p.add_argument("--unknown-fields", choices=("reject", "ignore"), help="unknown header column: 1006 or ignore")
     p.add_argument("--failures-200", action="store_true", default=None, help="no failure rows: 200 empty, not 404")
     p.add_argument(
@@ -87,6 +90,7 @@ _FLAG_TO_FIELD = {
     "rate_window": "rate_window",
     "max_concurrent": "max_concurrent",
     "daily_quota": "daily_quota",
+    "usage_denied": "usage_denied",
     "unknown_fields": "unknown_fields",
     "seed": "seed",
     "record": "record_path",

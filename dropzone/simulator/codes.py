@@ -56,7 +56,7 @@ HTTP_REASONS: dict[int, str] = {
 }
 
 # Endpoint names used by fault filters and the call log.
-ENDPOINTS = ("identity", "import", "status", "failures", "warnings", "other")
+ENDPOINTS = ("identity", "import", "status", "failures", "warnings", "usage", "other")
 
 
 def message(code: str, **values: object) -> str:

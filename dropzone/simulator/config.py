@@ -185,6 +185,11 @@ class SimConfig:
         rate_limit per rate_window seconds, sliding → 606.
         max_concurrent in-flight API calls → 615 for the next one.
         daily_quota: API calls per day (resets 00:00 CST); None = unlimited → 607.
+            Counted either way: GET /rest/v1/stats/usage.json reports the day's
+            calls, ours and other integrations' (``Simulator.add_foreign_calls``),
+            in Adobe's public shape (not in the seeds) [INF].
+        usage_denied: usage.json answers 603 "Access denied" (an API user whose
+            role may not read usage) [INF: the usual 603 for a missing permission].
         unknown_path_status: HTTP status of a 610 for an unknown path (200, or 500).
         fault_rates: {kind: probability} drawn per API call with ``seed``
             (kinds as for ``Simulator.inject``; the parameterless edge kinds
@@ -237,6 +242,7 @@ class SimConfig:
     rate_window: float = 20.0
     max_concurrent: int = 10
     daily_quota: int | None = None
+    usage_denied: bool = False
     unknown_path_status: int = 200
 
     fault_rates: Mapping[str, float] = field(default_factory=dict)

@@ -1,12 +1,14 @@
 """Call limits of one subscription (pure; time is passed in).
 
-Owns the sliding rate window (606), the daily quota (607) and the count of
-in-flight calls (615). Which calls count is decided by the caller.
+Owns the sliding rate window (606), the daily quota (607, and the day's count
+that usage.json reports) and the count of in-flight calls (615). Which calls
+count is decided by the caller.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import math
 from collections import deque
 
@@ -45,21 +47,41 @@ class RateWindow:
 
 
 class DailyQuota:
-    """At most ``limit`` counted calls per CST day; ``None`` means unlimited."""
+    """At most ``limit`` counted calls per CST day; ``None`` means unlimited.
+
+    Every call admitted is counted, by API user, whether or not there is a limit:
+    usage.json reports the day's count, every integration's.
+    """
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self._day = -1
         self.used = 0
+        self.by_user: dict[str, int] = {}
 
-    def admit(self, now: float) -> bool:
-        day = math.floor((now + _CST_OFFSET) / 86400)
-        if day != self._day:
-            self._day, self.used = day, 0
+    def admit(self, now: float, user: str = "") -> bool:
+        self._roll(now)
         if self.limit is not None and self.used >= self.limit:
             return False
-        self.used += 1
+        self.count(now, user)
         return True
+
+    def count(self, now: float, user: str, n: int = 1) -> None:
+        """Count ``n`` calls of ``user`` without asking the limit (other integrations' calls)."""
+        self._roll(now)
+        self.used += n
+        self.by_user[user] = self.by_user.get(user, 0) + n
+
+    def today(self, now: float) -> tuple[str, int, dict[str, int]]:
+        """The CST date (YYYY-MM-DD), the day's count and its split by API user."""
+        self._roll(now)
+        date = dt.date(1970, 1, 1) + dt.timedelta(days=self._day)
+        return date.isoformat(), self.used, dict(self.by_user)
+
+    def _roll(self, now: float) -> None:
+        day = math.floor((now + _CST_OFFSET) / 86400)
+        if day != self._day:
+            self._day, self.used, self.by_user = day, 0, {}
 
 
 class InFlight:

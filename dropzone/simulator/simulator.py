@@ -138,7 +138,7 @@ class Simulator:
         """The next ``times`` matching calls get fault ``kind``: ``arm(Fault(kind, endpoint=..., times=...))``.
 
         ``endpoint``: "identity", "import", "status", "failures", "warnings",
-        "other", or None for any API (non-identity) call.
+        "usage", "other", or None for any API (non-identity) call.
         """
         with self._lock:
             self._state.faults.inject(kind, times, endpoint, now=self._clock())
@@ -165,6 +165,17 @@ class Simulator:
             ids = self._state.add_background_jobs(n, seconds, self._clock())
             self._changed.notify_all()
             return ids
+
+    def add_foreign_calls(self, n: int, user: str = "other.integration@dropzone.invalid") -> None:
+        """Count ``n`` API calls of another integration toward today's quota (usage.json shows them;
+        607 comes sooner). They take no time and no place in the rate window."""
+        with self._lock:
+            self._state.quota.count(self._clock(), user, n)
+
+    def calls_today(self) -> int:
+        """The day's calls counted toward the daily quota, every API user's (what usage.json says)."""
+        with self._lock:
+            return self._state.quota.today(self._clock())[1]
 
     # -- inspection -------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ _ROUTES: list[tuple[re.Pattern[str], str, str, tuple[str, ...]]] = [
         (_PM + r"/status\.json$", "status", "programmember", ("GET",)),
         (_PM + r"/failures\.json$", "failures", "programmember", ("GET",)),
         (_PM + r"/warnings\.json$", "warnings", "programmember", ("GET",)),
+        (r"^/rest/v1/stats/usage\.json$", "usage", "stats", ("GET",)),
     ]
 ]
 
@@ -221,7 +222,7 @@ class SimState:
         # 413, 615 and the token codes (Adobe exempts 601/602/604/605/608/611).
         if not self.rate.admit(now):
             return self._error("606", limit=self.cfg.rate_limit, window=self._window_text())
-        if not self.quota.admit(now):
+        if not self.quota.admit(now, self.cfg.scope):
             self.rate.refund(now)
             return self._error("607")
         # A configuration-class refusal (603) comes after the token and counts toward the limits.
@@ -357,6 +358,8 @@ class SimState:
         rt = ticket.route
         if rt.endpoint == "import":
             return self._submit(ticket, now)
+        if rt.endpoint == "usage":
+            return self._usage(now)
         job = self._find(rt, now)
         if job is None:
             batch = rt.params.get("batchId")
@@ -364,6 +367,14 @@ class SimState:
         if rt.endpoint == "status":
             return self._status_reply(ticket, job, now)
         return self._report(job, warnings=rt.endpoint == "warnings")
+
+    def _usage(self, now: float) -> Response:
+        """The day's calls, every API user's (this call included: it was counted on the way in)."""
+        if self.cfg.usage_denied:
+            return self._error("603")
+        date, total, users = self.quota.today(now)
+        split = [{"userId": user, "count": n} for user, n in sorted(users.items())]
+        return self._ok([{"date": date, "total": total, "users": split}])
 
     def _take(self, ticket: Ticket, stage: str, now: float, pm: bool = False) -> Fault | None:
         """Consume the armed fault of ``stage`` for this call, if any, and note it in the log."""
