@@ -12,12 +12,15 @@ Marketo can be traced to the partner's line.
 Everything above ``split_file`` works on byte streams and never opens a path,
 so tests feed ``io.BytesIO``; ``split_file`` at the bottom is the I/O edge.
 
-Two concerns live beside it: where records end (the quote and line-feed
+Three concerns live beside it: where records end (the quote and line-feed
 arithmetic, without parsing fields) is ``dropzone.records``; validating,
 transcoding and metering the source's character encoding is
-``dropzone.charsets``.  This module drives both: it reads the blocks, sniffs
-the byte order mark, carries the unfinished record, applies the size rules,
-writes the chunks and words every error.
+``dropzone.charsets``; moving a chunk's bytes from a source that is a
+regular file without passing them through Python (the fast path: the
+kernel copies chunk k while this module reads chunk k+1) is
+``dropzone.fastcut``.  This module drives all three: it reads the blocks,
+sniffs the byte order mark, carries the unfinished record, applies the size
+rules, writes the chunks and words every error about the data.
 
 Memory: a block, plus the unfinished record carried to the next block
 (bounded by ``max_bytes``), plus a few copies of those: about 25 MB with the
@@ -41,6 +44,7 @@ from typing import BinaryIO
 from dropzone import defaults as D
 from dropzone.charsets import UTF16_BOMS, SourceMeter, Transcoder, Utf8Check, normalise_encoding
 from dropzone.errors import ConfigError, SplitError
+from dropzone.fastcut import Copy, SourceFile, write_all
 from dropzone.kinds import FileFormat
 from dropzone.records import LF, Quotes, first_boundary, last_boundary
 
@@ -161,15 +165,26 @@ def _delimiter(fmt: FileFormat | str) -> bytes:
 
 
 class _ChunkWriter:
-    """Opens, fills and closes chunks, and keeps their manifest."""
+    """Opens, fills and closes chunks, and keeps their manifest.
 
-    def __init__(self, open_chunk: OpenChunk, header: bytes, max_bytes: int) -> None:
+    Without ``source`` each record range is written as it is read.  With it
+    (a regular file read as UTF-8, so a chunk's records are one byte range of
+    the file) nothing is written until a chunk is full: it is then opened,
+    given its header and filled by ``fastcut`` while the next one is read,
+    and closed before the next one is opened, so chunks are still opened in
+    order, one at a time.
+    """
+
+    def __init__(self, open_chunk: OpenChunk, header: bytes, max_bytes: int, source: SourceFile | None) -> None:
         self._open_chunk = open_chunk
         self._header = header
         self.max_bytes = max_bytes
+        self._source = source
         self.chunks: list[Chunk] = []
         self._cm: contextlib.ExitStack | None = None
         self._out: BinaryIO | None = None
+        self._copy: Copy | None = None
+        self._started = False
         self.size = len(header)
         self.rows = 0
         self._first_line = self._last_line = self._source_start = self._source_end = 0
@@ -181,21 +196,26 @@ class _ChunkWriter:
     def write(
         self, data: memoryview, rows: int, first_line: int, last_line: int, src_start: int, src_end: int
     ) -> None:
-        if self._out is None:
-            self._cm = contextlib.ExitStack()
-            self._out = self._cm.enter_context(self._open_chunk(len(self.chunks)))
-            _write_all(self._out, memoryview(self._header))
+        if not self._started:
+            self._started = True
             self._first_line, self._source_start = first_line, src_start
-        _write_all(self._out, data)
+            if self._source is None:
+                self._out = self._open()
+        if self._out is not None:
+            write_all(self._out, data)
         self.size += len(data)
         self.rows += rows
         self._last_line, self._source_end = last_line, src_end
 
-    def close(self) -> None:
-        if self._cm is None:
+    def close(self, last: bool = False) -> None:
+        if not self._started:
             return
-        cm, self._cm, self._out = self._cm, None, None
-        cm.close()
+        self._settle()  # this chunk, or with a source the one before
+        if self._source is not None:
+            # Nothing is left to read beside the last chunk's copy.
+            self._copy = Copy(self._source, self._open(), self._source_start, self._source_end, background=not last)
+            if last:
+                self._settle()
         self.chunks.append(
             Chunk(
                 index=len(self.chunks),
@@ -207,21 +227,38 @@ class _ChunkWriter:
                 size=self.size,
             )
         )
-        self.size, self.rows = len(self._header), 0
+        self.size, self.rows, self._started = len(self._header), 0, False
+
+    def finish(self) -> None:
+        """Closes the last chunk once its bytes are in."""
+        self.close(last=True)
+        self._settle()
+        if self._source is not None:
+            self._source.check_unchanged()
 
     def abort(self, exc: BaseException) -> None:
+        if self._copy is not None:
+            # Its file must not be closed under it; exc is the error to report.
+            with contextlib.suppress(Exception):
+                self._copy.wait()
         if self._cm is not None:
             cm, self._cm, self._out = self._cm, None, None
             cm.__exit__(type(exc), exc, exc.__traceback__)
 
+    def _open(self) -> BinaryIO:
+        self._cm = contextlib.ExitStack()
+        out = self._cm.enter_context(self._open_chunk(len(self.chunks)))
+        write_all(out, self._header)
+        return out
 
-def _write_all(out: BinaryIO, data: memoryview) -> None:
-    # Raw (unbuffered) files may write less than asked.
-    while data:
-        n = out.write(data)
-        if n is None or n >= len(data):
-            return
-        data = data[n:]
+    def _settle(self) -> None:
+        """The open chunk's copy finished and the chunk closed."""
+        if self._copy is not None:
+            self._copy.wait()  # kept until it returns: abort() must wait again if it did not
+            self._copy = None
+        if self._cm is not None:
+            cm, self._cm, self._out = self._cm, None, None
+            cm.close()
 
 
 class _Splitter:
@@ -248,6 +285,7 @@ class _Splitter:
         self.meter: SourceMeter | None = None
         self.check: Utf8Check | None = None
         self.writer: _ChunkWriter | None = None
+        self.file: SourceFile | None = None  # set when chunks can be copied from the source file
         self.read: Callable[[int], bytes] = source.read
 
     def run(self) -> SplitResult:
@@ -272,6 +310,8 @@ class _Splitter:
 
     def _open(self) -> bytes:
         """Sets up ``self.read`` (UTF-8 blocks) and returns the first block."""
+        # Before the first read: chunk offsets count from where the stream is now.
+        file = SourceFile.of(self.source) if self.open_chunk is not _null_chunk else None
         first = self._read_at_least(max(self.block_size, 4))
         if self.encoding is not None:
             if first.startswith(codecs.BOM_UTF8):
@@ -309,6 +349,7 @@ class _Splitter:
             # Never hand on an empty first block: it would read as end of file.
             first = first[self.skipped :] or self.read(self.block_size)
         self.check = Utf8Check()
+        self.file = file  # UTF-8 in, UTF-8 out: a chunk's records are a byte range of the file
         self._validate(b"", first, 1)
         return first
 
@@ -400,7 +441,7 @@ class _Splitter:
                 f"records under max_bytes={self.max_bytes}",
                 line=1,
             )
-        writer = self.writer = _ChunkWriter(self.open_chunk, header, self.max_bytes)
+        writer = self.writer = _ChunkWriter(self.open_chunk, header, self.max_bytes, self.file)
         total_rows = 0
         last_byte = -1
         while True:
@@ -465,7 +506,7 @@ class _Splitter:
                         'is still open: probably an unmatched " character'
                     )
                 raise self._too_big(data_line, max_record, hint)
-        writer.close()
+        writer.finish()
         if total_rows == 0:
             raise SplitError("the file has a header line but no data records", line=1)
         return SplitResult(
