@@ -10,17 +10,18 @@ here never touches the journal: the loop's thread marks a chunk
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from dropzone import jobs, outbox
+from dropzone import jobs, merging, outbox
 from dropzone.errors import WouldWaitError
 from dropzone.jobs import FetchAction
 from dropzone.kinds import FileFormat
 from dropzone.marketo import MarketoClient
+from dropzone.merging import Member, Shares
 from dropzone.targets import ImportTarget
 
 T = TypeVar("T")
@@ -69,6 +70,8 @@ class Downloaded:
     retry: Exception | None = None
     #: Kinds Marketo had no file for (``jobs.FetchAction.GIVE_UP``), with why.
     gave_up: dict[str, str] = field(default_factory=dict)
+    #: A shared batch's files split back per chunk, by kind (``merging.share_results``).
+    shares: dict[str, Shares] = field(default_factory=dict)
 
 
 def download_results(
@@ -100,8 +103,23 @@ def download_results(
     return out
 
 
+def download_shared_results(
+    client: MarketoClient, target: ImportTarget, batch_id: int, upload: Path, members: Sequence[Member],
+    fmt: FileFormat, *, failed: int | None, warned: int | None,
+) -> Downloaded:
+    """A shared batch's failure and warning files, fetched once beside its merged upload, then split back
+    per chunk (the matching reads every chunk: here, off the loop)."""
+    out = download_results(client, target, batch_id, upload, fmt, failed=failed, warned=warned)
+    if out.retry is not None:
+        return out
+    for kind, path in out.found.items():
+        body = path.read_bytes() if path is not None else b""
+        out.shares[kind] = merging.share_results(body, members, fmt, kind)
+    return out
+
+
 def is_wait(error: BaseException | None) -> bool:
     return isinstance(error, WouldWaitError)
 
 
-__all__ = ["Attempt", "Downloaded", "Inline", "download_results", "is_wait", "start"]
+__all__ = ["Attempt", "Downloaded", "Inline", "download_results", "download_shared_results", "is_wait", "start"]

@@ -71,6 +71,9 @@ class Route:
     marker: str | None = None
     trim_header: bool = False
     encoding: str | None = None
+    #: Merge this route's small files with other pending ones of the same inbox, target, format and header
+    #: into one import (each file still gets its own results).
+    coalesce: bool = True
     #: The Marketo instance (a name from ``marketo``/``instances``): the route's own, else its inbox's.
     instance: str = D.DEFAULT_INSTANCE
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
@@ -115,7 +118,10 @@ class Route:
         out: dict[str, Any] = {"match": self.match, "object": self.object.value}
         out.update({k: v for k, v in self.marketo_params().items() if k != "format"})
         out["format"] = self.format.value if self.format else None
-        out.update(marker=self.marker, trim_header=self.trim_header, encoding=self.encoding, instance=self.instance)
+        out.update(
+            marker=self.marker, trim_header=self.trim_header, encoding=self.encoding, instance=self.instance,
+            coalesce=self.coalesce,
+        )
         return out
 
 
@@ -213,7 +219,7 @@ _TOP_KEYS = ("marketo", "state_dir", "instances", "inboxes", "split_max_bytes", 
 _INBOX_KEYS = (
     "path", "outbox", "archive", "routes", "watch", "scan_interval", "quiet_period", "stale_partial_after", "instance"
 )
-_ROUTE_COMMON_KEYS = ("match", "object", "format", "marker", "trim_header", "encoding", "instance")
+_ROUTE_COMMON_KEYS = ("match", "object", "format", "marker", "trim_header", "encoding", "instance", "coalesce")
 _ROUTE_PARAM_KEYS: Final[dict[ObjectKind, tuple[str, ...]]] = {
     ObjectKind.LEADS: ("lookupField", "listId", "partitionName"),
     ObjectKind.CUSTOM_OBJECT: ("apiName",),
@@ -402,6 +408,7 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
         marker=marker,
         trim_header=s.boolean("trim_header", False),
         encoding=encoding,
+        coalesce=s.boolean("coalesce", True),
         instance=_instance(s, names, inbox_instance) or inbox_instance,
         **params,
     )

@@ -127,7 +127,7 @@ class Daemon:
         calls = ThreadPoolExecutor(D.MARKETO_MAX_CONCURRENT_CALLS, thread_name_prefix=f"dropzone-{settings.name}")
         return Dispatch(
             self.store, self._client(settings), settings, self.metrics.instance(settings.name), self._heartbeat,
-            calls=calls, wake=self._wake,
+            calls=calls, wake=self._wake, split_max_bytes=self.config.split_max_bytes,
         )
 
     def _wake(self) -> None:
@@ -418,6 +418,8 @@ class Daemon:
         changes += self._reload_instances(new.all_instances())
         if new.split_max_bytes != self.config.split_max_bytes:
             self.prepare.split_max_bytes = new.split_max_bytes
+            for dispatch in self.dispatches.values():
+                dispatch.split_max_bytes = new.split_max_bytes  # merged imports stay within the new limit
             changes.append("split_max_bytes changed")
         for name in ("http", "log"):
             if getattr(new, name) != getattr(self.config, name):

@@ -11,7 +11,9 @@ its instance, so trouble on one instance never slows another. Each pass
 * **admission and submit**: pending chunks go to Marketo while fewer than
   ``max_open_imports`` of ours are open, one open import per static list,
   round-robin across inboxes (``jobs.pick_next``), and none once the daily
-  quota is down to its reserve (``quota.QuotaGuard``; polls and fetches go on);
+  quota is down to its reserve (``quota.QuotaGuard``; polls and fetches go
+  on); other small chunks already waiting for the same import ride along in
+  one merged upload (``coalescing.gather``, ``merging.write_merged``);
 * **poll**: the batches Marketo can be finishing, around the finish the
   instance's ``polling.Predictor`` expects from the batches it saw before;
 * **fetch**: the failure and warning files of finished batches, into the
@@ -21,7 +23,9 @@ Calls run on ``calls`` (``calls.py``): the daemon gives each instance a few
 threads, so a slow upload or a sick instance never holds the loop; tests
 run them inline. Only the loop's thread writes the journal: a chunk is
 ``submitting`` before its upload is handed over, the batchId is saved when
-the answer is collected. One chunk's trouble is that chunk's.
+the answer is collected. Polls and fetches are per batch: a shared batch is
+known by its first chunk's id, and every journal verb moves all its chunks.
+One import's trouble is that import's.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from dropzone import calls as calls_module
-from dropzone import health, jobs, polling
+from dropzone import coalescing, health, jobs, merging, polling, results
+from dropzone import defaults as D
 from dropzone.calls import Attempt, Downloaded, Inline
 from dropzone.errors import Interrupted, MarketoError, QuotaExceededError, StoreError, WouldWaitError
 from dropzone.instances import MarketoSettings
@@ -52,23 +58,6 @@ log = structlog.get_logger("dropzone.dispatch")
 #: States in which a chunk's bytes may be at Marketo and its batch is not finished with.
 SENT = (ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING)
 _USAGE = -1  # the usage.json call's key in ``Dispatch._running``, where chunk ids are positive
-
-
-@dataclass
-class _Poll:
-    """What the predictor needs to know of one open batch (monotonic times)."""
-
-    batch_id: int
-    due: float
-    last_polled: float
-    rows: int
-    submitted_at: float
-    polls: int = 0  # polls that found it unfinished
-    head_at: float | None = None  # when an import slot freed for it (None: at the head when submitted)
-    started_at: float | None = None  # the first poll that saw it Importing
-    last_open_at: float | None = None
-    last_queued_at: float | None = None
-    learn: bool = True  # False for a batch found in the journal: its times are not ours to learn from
 
 
 @dataclass
@@ -126,8 +115,10 @@ class Dispatch:
     #: until ``drain_until`` (monotonic) at the latest.
     draining: bool = False
     drain_until: float = 0.0
-    _polls: dict[int, _Poll] = field(default_factory=dict)
-    _running: dict[int, _Call] = field(default_factory=dict)  # by chunk id: one call per chunk at a time
+    #: The largest import (a merged one included): the configuration's ``split_max_bytes``.
+    split_max_bytes: int = D.SPLIT_MAX_BYTES
+    _polls: dict[int, polling.OpenBatch] = field(default_factory=dict)
+    _running: dict[int, _Call] = field(default_factory=dict)  # by import (its first chunk): one call at a time
     _old_clients: list[MarketoClient] = field(default_factory=list)
     #: Journal writes a brief journal error kept from being made, in order: made before anything else.
     _unsaved: list[Callable[[], None]] = field(default_factory=list)
@@ -221,19 +212,37 @@ class Dispatch:
 
     def recover(self, now: float) -> None:
         """Put chunks a crash interrupted back on their way (``jobs.recovery_action``)."""
-        for chunk in self.store.chunks(SENT, instance=self.name, endpoint=self._endpoint):
+        for chunk in self._imports(list(SENT)):
             match jobs.recovery_action(chunk.state):
                 case jobs.RecoveryAction.RESUBMIT:
                     why = "dropzone stopped between the upload and its answer"
                     self.store.requeue(chunk.id, unknown=why, not_before=self.wall() + self._hold(chunk))
-                    log.warning("chunk_resubmitting_after_crash", file_id=chunk.file_id, chunk=chunk.index)
+                    log.warning("chunk_resubmitting_after_crash", file_id=chunk.file_id, chunk=chunk.index,
+                                shared=chunk.group_id is not None)
                 case jobs.RecoveryAction.POLL:
-                    self._polls[chunk.id] = _lost_poll(chunk, now)
+                    self._polls[chunk.id] = polling.OpenBatch.found(int(chunk.batch_id or 0), self._rows(chunk), now)
                 case jobs.RecoveryAction.FETCH | jobs.RecoveryAction.NONE:
                     pass  # fetching chunks are picked up by the fetch step as they are
 
     def _hold(self, chunk: ChunkRow) -> float:
-        return jobs.resubmit_hold(chunk.size, least=self.settings.resubmit_hold)
+        size = sum(c.size for c in self.store.group_of(chunk.id)) if chunk.group_id is not None else chunk.size
+        return jobs.resubmit_hold(size, least=self.settings.resubmit_hold)
+
+    def _rows(self, chunk: ChunkRow) -> int:
+        """The rows of the chunk's whole import (a shared one's: every member's)."""
+        return sum(c.rows for c in self.store.group_of(chunk.id)) if chunk.group_id is not None else chunk.rows
+
+    def _imports(self, states: list[ChunkState]) -> list[ChunkRow]:
+        """This instance's imports in these states, each once, as its first chunk (the one verbs are given);
+        of those sent, only what went to this stage's endpoint (a moved instance's old stage has the rest)."""
+        seen: set[int] = set()
+        out = []
+        endpoint = None if states == [ChunkState.PENDING] else self._endpoint
+        for chunk in self.store.chunks(states, instance=self.name, endpoint=endpoint):
+            if chunk.batch_key not in seen:
+                seen.add(chunk.batch_key)
+                out.append(chunk if chunk.id == chunk.batch_key else self.store.chunk(chunk.batch_key))
+        return out
 
     # ---- introspection ----------------------------------------------------------
 
@@ -273,21 +282,23 @@ class Dispatch:
         open_chunks = self.store.chunks(jobs.CHUNK_OPEN, instance=self.name, endpoint=self._endpoint)
         busy_lists = {self._list_of(files.get(c.file_id)) for c in open_chunks}
         busy_lists |= {lid for lid, until in self.pauses.lists_until.items() if until > now}
-        candidates = [
-            jobs.Candidate(
-                chunk_id=c.id,
-                inbox=str(files[c.file_id].inbox),
-                file_id=c.file_id,
-                index=c.index,
-                list_id=self._list_of(files[c.file_id]),
-            )
-            for c in pending
-            if c.file_id in files
+        # A chunk already in a shared import moves with it: only that import's first chunk is a candidate.
+        ready = [
+            c for c in pending
+            if c.file_id in files and c.batch_key == c.id
             and (c.not_before is None or c.not_before <= wall)
             and self.pauses.targets_until.get(self._target_key(files[c.file_id]), 0.0) <= now
         ]
+        parts = {c.id: self._part(c, files[c.file_id]) for c in ready}
+        candidates = [
+            jobs.Candidate(
+                chunk_id=c.id, inbox=str(files[c.file_id].inbox), file_id=c.file_id, index=c.index,
+                list_id=self._list_of(files[c.file_id]),
+            )
+            for c in ready
+        ]
         busy = False
-        n_open = len(open_chunks)
+        n_open = len({c.batch_key for c in open_chunks})
         while candidates and self._count("submit") < most and not self._submits_paused(now):
             slots = jobs.Slots(
                 open=n_open,
@@ -298,17 +309,27 @@ class Dispatch:
             pick = jobs.pick_next(candidates, slots)
             if pick is None:
                 break
-            candidates.remove(pick)
+            group = coalescing.gather(parts.pop(pick.chunk_id), parts.values(), limit=self.split_max_bytes, wall=wall)
+            members = [p.chunk_id for p in group[1:]]
+            for member in members:
+                del parts[member]
+            candidates = [c for c in candidates if c.chunk_id != pick.chunk_id and c.chunk_id not in members]
             self._last_inbox = pick.inbox
             busy = True
             self.heartbeat()
             row = files[pick.file_id]
             with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=pick.index):
-                if self._submit_one(self.store.chunk(pick.chunk_id), row, now):
+                if self._submit_one(self.store.chunk(pick.chunk_id), row, members, now):
                     n_open += 1  # submitting counts as open until its answer says otherwise
                     if pick.list_id is not None:
                         busy_lists.add(pick.list_id)
         return busy
+
+    def _part(self, chunk: ChunkRow, row: FileRow) -> coalescing.Part:
+        key = None
+        if chunk.group_id is None and row.header is not None and row.target is not None and row.fmt is not None:
+            key = coalescing.MergeKey(str(row.inbox), chunk.instance, row.target.to_json(), row.fmt.value, row.header)
+        return coalescing.Part(chunk.id, chunk.file_id, chunk.index, chunk.size, key, chunk.not_before)
 
     def _submits_paused(self, now: float) -> bool:
         paused = now < max(self.pauses.submits_until, self.pauses.api_until)
@@ -328,21 +349,40 @@ class Dispatch:
     def _list_of(row: FileRow | None) -> int | None:
         return row.target.list_id if row is not None and row.target is not None else None
 
-    def _submit_one(self, chunk: ChunkRow, row: FileRow, now: float) -> bool:
-        """Hand the chunk's upload over; False when it was not (nothing to send, or the journal failed)."""
+    def _submit_one(self, chunk: ChunkRow, row: FileRow, members: list[int], now: float) -> bool:
+        """Hand the import's upload over; False when it was not (nothing to send, or the journal failed)."""
         if row.target is None or row.fmt is None:
             self.store.fail_chunk(chunk.id, "the journal lost this chunk's import target; please report this")
             return False
+        upload = chunk.upload_path
+        if members:
+            upload = self._merge(chunk, row, members)
+            if upload is None:
+                members = []
         try:
             # Saved before the bytes can leave: a crash from here on is the one ambiguous window.
-            self.store.mark_submitting(chunk.id, endpoint=self.settings.subscription)
+            self.store.mark_submitting(chunk.id, endpoint=self.settings.subscription, members=members, upload=upload)
         except (sqlite3.Error, StoreError) as exc:
             log.error("journal_write_failed_will_retry", error=str(exc))
             self._pause(Pause.SUBMITS, exc, row, now)
             return False
-        call = partial(self.client.submit, row.target, chunk.path, fmt=row.fmt, retry_for=0.0)
+        chunk = self.store.chunk(chunk.id)
+        call = partial(self.client.submit, row.target, upload or chunk.path, fmt=row.fmt, retry_for=0.0)
         self._start(chunk.id, "submit", call, partial(self._submitted, chunk, row), now)
         return True
+
+    def _merge(self, chunk: ChunkRow, row: FileRow, members: list[int]) -> Path | None:
+        """Write the merged upload of ``chunk`` and ``members``, beside the first; None: send it alone."""
+        parts = [chunk, *(self.store.chunk(m) for m in members)]
+        out = chunk.path.with_name(f"import.{chunk.id}.{row.fmt.value if row.fmt else 'csv'}")
+        try:
+            size = merging.write_merged([p.path for p in parts], row.header or b"", out)
+        except (OSError, ValueError) as exc:
+            # The work area failed us (or a chunk changed under us): nothing is lost by sending it alone.
+            log.warning("merge_failed_sending_alone", error=str(exc))
+            return None
+        log.info("imports_merged", chunks=len(parts), files=len({p.file_id for p in parts}), bytes=size)
+        return out
 
     def _submitted(self, chunk: ChunkRow, row: FileRow, batch: BatchStatus | None, error: Exception | None,
                    now: float) -> None:
@@ -371,15 +411,15 @@ class Dispatch:
             case ChunkAction.RECORD_BATCH if batch is not None:
                 self.pauses.queue_full_streak = self.pauses.transient_streak = 0
                 self.store.record_batch(chunk.id, batch_id=batch.batch_id, status=batch.status)
-                ahead = self._ahead(batch.batch_id)
+                ahead = polling.rows_ahead(self._polls.values(), batch.batch_id)
                 head_at = now if len(ahead) < self.predictor.slots else None
-                due = self.predictor.first_poll(now, chunk.rows, ahead, poll_interval=self.settings.poll_interval)
-                self._polls[chunk.id] = _Poll(
-                    batch_id=batch.batch_id, due=due, last_polled=now, rows=chunk.rows, submitted_at=now,
-                    head_at=head_at,
+                rows = self._rows(chunk)
+                due = self.predictor.first_poll(now, rows, ahead, poll_interval=self.settings.poll_interval)
+                self._polls[chunk.id] = polling.OpenBatch(
+                    batch_id=batch.batch_id, due=due, last_polled=now, rows=rows, submitted_at=now, head_at=head_at,
                 )
                 self._cleared_misconfiguration()
-                log.info("import_submitted", batchId=batch.batch_id, rows=chunk.rows, bytes=chunk.size)
+                log.info("import_submitted", batchId=batch.batch_id, rows=rows, shared=chunk.group_id is not None)
             case ChunkAction.REQUEUE_UNKNOWN:
                 why = getattr(error, "reason", None) or str(error)
                 hold = self._hold(chunk)
@@ -451,11 +491,12 @@ class Dispatch:
     def _poll(self, now: float) -> bool:
         if now < self.pauses.api_until:
             return False
-        submitted = {"instance": self.name, "endpoint": self._endpoint}
-        if len(self._polls) < self.store.count_chunks([ChunkState.SUBMITTED], **submitted):
+        if len(self._polls) < self.store.count_batches([ChunkState.SUBMITTED], instance=self.name,
+                                                       endpoint=self._endpoint):
             # A batch the journal has and this stage lost (an interrupted step, a renamed instance).
-            for chunk in self.store.chunks([ChunkState.SUBMITTED], **submitted):
-                self._polls.setdefault(chunk.id, _lost_poll(chunk, now))
+            for chunk in self._imports([ChunkState.SUBMITTED]):
+                if chunk.id not in self._polls:
+                    self._polls[chunk.id] = polling.OpenBatch.found(int(chunk.batch_id or 0), self._rows(chunk), now)
         busy = False
         plans = [
             jobs.PollPlan(cid, p.batch_id, p.due, p.last_polled) for cid, p in self._polls.items()
@@ -497,7 +538,8 @@ class Dispatch:
                 case PollAction.WAIT if status is not None:
                     self.metrics.poll_succeeded()
                     self.store.record_progress(chunk.id, status=status.status, counts=_counts(status))
-                    self._still_open(poll, status.status, now)
+                    polling.still_open(self.predictor, poll, status.status, now, self._polls.values(),
+                                       poll_interval=self.settings.poll_interval)
                 case PollAction.FINISHED if status is not None:
                     self.metrics.poll_succeeded()
                     # Forgotten only once the journal has it: a journal error leaves it polled again.
@@ -530,38 +572,8 @@ class Dispatch:
                     poll.due = now + max(self.settings.poll_interval, float(retry_after or 0.0))
                     log.info("poll_retry_later", error=str(error) or type(error).__name__)
 
-    def _ahead(self, batch_id: int) -> list[int]:
-        """The rows of our open batches Marketo took before this one, oldest first (its FIFO)."""
-        return [p.rows for p in sorted(self._polls.values(), key=lambda p: p.batch_id) if p.batch_id < batch_id]
-
-    def _still_open(self, poll: _Poll, status: str, now: float) -> None:
-        poll.polls += 1
-        poll.last_open_at = now
-        if status == polling.QUEUED:
-            poll.last_queued_at = now
-        elif poll.started_at is None:
-            poll.started_at = now
-        if poll.head_at is not None:
-            self.predictor.observe_open(poll.rows, poll.head_at, now)
-        poll.due = self.predictor.next_poll(
-            now, submitted_at=poll.submitted_at, rows=poll.rows, polls_so_far=poll.polls, last_status=status,
-            ahead=self._ahead(poll.batch_id), started_at=poll.started_at, head_at=poll.head_at,
-            poll_interval=self.settings.poll_interval,
-        )
-
     def _replan(self, now: float, freed: float) -> None:
-        """A batch of ours finished: the next one in Marketo's queue has its slot (since ``freed``), and
-        every batch not yet seen Importing is planned again around its new predicted finish."""
-        ahead: list[int] = []
-        for poll in sorted(self._polls.values(), key=lambda p: p.batch_id):
-            if poll.head_at is None and len(ahead) < self.predictor.slots:
-                poll.head_at = min(freed, poll.started_at or now)
-                freed = now  # one slot freed: the next batch to reach the head counts from our look
-            if poll.started_at is None:
-                poll.due = self.predictor.first_poll(
-                    now, poll.rows, ahead, head_at=poll.head_at, poll_interval=self.settings.poll_interval
-                )
-            ahead.append(poll.rows)
+        polling.replan(self.predictor, self._polls.values(), now, freed, poll_interval=self.settings.poll_interval)
 
     # ---- fetch ------------------------------------------------------------------
 
@@ -569,7 +581,7 @@ class Dispatch:
         if now < self.pauses.api_until:
             return False
         busy = False
-        for chunk in self.store.chunks([ChunkState.FETCHING], instance=self.name, endpoint=self._endpoint):
+        for chunk in self._imports([ChunkState.FETCHING]):
             if now < self.pauses.api_until:
                 break
             if chunk.id in self._running:
@@ -581,10 +593,15 @@ class Dispatch:
                 self.store.store_results(chunk.id, failures=None, warnings=None)
                 continue
             with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath, chunk=chunk.index):
-                call = partial(
-                    calls_module.download_results, self.client, row.target, int(chunk.batch_id or 0), chunk.path,
-                    row.fmt, failed=chunk.failed, warned=chunk.warned,
-                )
+                batch_id, counts = int(chunk.batch_id or 0), {"failed": chunk.failed, "warned": chunk.warned}
+                if chunk.upload_path is not None and chunk.group_id is not None:
+                    # One download per batch, split back per chunk on the call's thread.
+                    members = [merging.Member(c.id, c.path) for c in self.store.group_of(chunk.id)]
+                    call = partial(calls_module.download_shared_results, self.client, row.target, batch_id,
+                                   chunk.upload_path, members, row.fmt, **counts)
+                else:
+                    call = partial(calls_module.download_results, self.client, row.target, batch_id, chunk.path,
+                                   row.fmt, **counts)
                 self._start(chunk.id, "fetch", call, partial(self._fetched, chunk, row), now)
         return busy
 
@@ -603,32 +620,7 @@ class Dispatch:
                 return
             for kind, why_not in got.gave_up.items():
                 log.warning("result_file_unavailable", kind=kind, error=why_not)
-            self._store_results(chunk, row, got)
-
-    def _store_results(self, chunk: ChunkRow, row: FileRow, got: Downloaded) -> None:
-        counts = None
-        unknown = chunk.processed is None or chunk.failed is None or chunk.warned is None
-        if unknown and chunk.marketo_status == "Complete":
-            failed = chunk.failed if chunk.failed is not None else got.rows["failures"]
-            counts = Counts(
-                processed=chunk.processed if chunk.processed is not None else max(chunk.rows - failed, 0),
-                failed=failed,
-                warned=chunk.warned if chunk.warned is not None else got.rows["warnings"],
-            )
-            self.store.add_note(
-                row.id,
-                f"Marketo's status for batch {chunk.batch_id} had no row counts; they were counted "
-                "from its failure and warning files",
-            )
-        self.store.store_results(chunk.id, failures=got.found["failures"], warnings=got.found["warnings"],
-                                 counts=counts)
-
-
-def _lost_poll(chunk: ChunkRow, now: float) -> _Poll:
-    """A batch found in the journal (a restart, a renamed instance): poll it now, learn nothing from it."""
-    return _Poll(
-        batch_id=int(chunk.batch_id or 0), due=now, last_polled=now, rows=chunk.rows, submitted_at=now, learn=False
-    )
+            results.store_results(self.store, chunk, row, got)
 
 
 def _counts(status: BatchStatus) -> Counts:

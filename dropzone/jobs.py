@@ -17,7 +17,8 @@ A file::
                     │                     ▲
                     └──── (rejected) ─────┘
 
-A chunk (each one its own Marketo batch)::
+A chunk (its own Marketo batch, or one batch shared with other files' chunks:
+``coalescing``; the chunks of a shared batch move together, one verb each)::
 
     pending ──► submitting ──► submitted ──► fetching ──► done
        ▲            │                           │

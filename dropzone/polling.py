@@ -34,7 +34,7 @@ The ``POLL_*`` constants are the tunables, named to move into ``dropzone.default
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dropzone import defaults as D
@@ -283,3 +283,65 @@ class Predictor:
         step = error / (1.0 + x * x)
         self.overhead = _clamp(self.overhead + step, POLL_OVERHEAD_MIN_S, POLL_OVERHEAD_MAX_S)
         self.per_row = _clamp(self.per_row + step * x / POLL_ROW_PIVOT, 0.0, POLL_ROW_MAX_S)
+
+
+# ---- the open batches of one instance, as dispatch plans their polls ------------------------------
+
+
+@dataclass
+class OpenBatch:
+    """What the predictor needs to know of one open batch (monotonic times)."""
+
+    batch_id: int
+    due: float
+    last_polled: float
+    rows: int  # a shared batch's: every chunk's
+    submitted_at: float
+    polls: int = 0  # polls that found it unfinished
+    head_at: float | None = None  # when an import slot freed for it (None: at the head when submitted)
+    started_at: float | None = None  # the first poll that saw it Importing
+    last_open_at: float | None = None
+    last_queued_at: float | None = None
+    learn: bool = True  # False for a batch found in the journal: its times are not ours to learn from
+
+    @classmethod
+    def found(cls, batch_id: int, rows: int, now: float) -> OpenBatch:
+        """A batch found in the journal (a restart, a renamed instance): poll it now, learn nothing from it."""
+        return cls(batch_id=batch_id, due=now, last_polled=now, rows=rows, submitted_at=now, learn=False)
+
+
+def rows_ahead(batches: Iterable[OpenBatch], batch_id: int) -> list[int]:
+    """The rows of our open batches Marketo took before this one, oldest first (its FIFO)."""
+    return [b.rows for b in sorted(batches, key=lambda b: b.batch_id) if b.batch_id < batch_id]
+
+
+def still_open(
+    pred: Predictor, batch: OpenBatch, status: str, now: float, batches: Iterable[OpenBatch], *, poll_interval: float
+) -> None:
+    """A poll found ``batch`` Queued or Importing: learn from it, and plan its next poll."""
+    batch.polls += 1
+    batch.last_open_at = now
+    if status == QUEUED:
+        batch.last_queued_at = now
+    elif batch.started_at is None:
+        batch.started_at = now
+    if batch.head_at is not None:
+        pred.observe_open(batch.rows, batch.head_at, now)
+    batch.due = pred.next_poll(
+        now, submitted_at=batch.submitted_at, rows=batch.rows, polls_so_far=batch.polls, last_status=status,
+        ahead=rows_ahead(batches, batch.batch_id), started_at=batch.started_at, head_at=batch.head_at,
+        poll_interval=poll_interval,
+    )
+
+
+def replan(pred: Predictor, batches: Iterable[OpenBatch], now: float, freed: float, *, poll_interval: float) -> None:
+    """A batch of ours finished: the next one in Marketo's queue has its slot (since ``freed``), and
+    every batch not yet seen Importing is planned again around its new predicted finish."""
+    ahead: list[int] = []
+    for batch in sorted(batches, key=lambda b: b.batch_id):
+        if batch.head_at is None and len(ahead) < pred.slots:
+            batch.head_at = min(freed, batch.started_at or now)
+            freed = now  # one slot freed: the next batch to reach the head counts from our look
+        if batch.started_at is None:
+            batch.due = pred.first_poll(now, batch.rows, ahead, head_at=batch.head_at, poll_interval=poll_interval)
+        ahead.append(batch.rows)

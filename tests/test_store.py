@@ -26,6 +26,7 @@ from dropzone.store import (
     Counts,
     FileRow,
     NewChunk,
+    Results,
     Store,
 )
 from dropzone.targets import ImportTarget
@@ -623,7 +624,7 @@ class TestJournalFile:
         db = raw(tmp_path)
         try:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         finally:
             db.close()
         assert (tmp_path / "state" / f"{DB_NAME}-wal").exists()
@@ -729,7 +730,11 @@ class TestMigration:
             assert chunk_columns["instance"] and not chunk_columns["endpoint"]
             named = "SELECT name, tbl_name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"
             indexes = dict(db.execute(named))
-            assert indexes == {"files_state": "files", "chunks_state": "chunks", "chunks_instance_state": "chunks"}
+            assert indexes == {
+                "files_state": "files", "chunks_state": "chunks", "chunks_instance_state": "chunks",
+                "chunks_group": "chunks",
+            }
+            assert "header" in file_columns and {"group_id", "upload_path"} <= set(chunk_columns)
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         finally:
@@ -758,3 +763,136 @@ class TestMigration:
             db.close()
         with pytest.raises(StoreError, match="unusable"):  # the lock was freed: the next try gets as far
             Store(tmp_path / "state")
+
+
+# ---- shared imports (coalescing): one batch, several chunks ------------------------------------------
+
+
+def pending_chunks(store: Store, tmp_path: Path, n: int) -> list[int]:
+    """``n`` split files of one chunk each; their chunk ids, in order of receipt."""
+    out = []
+    for i in range(n):
+        fid = claim(store, tmp_path, f"leads_{i}.csv", ino=100 + i)
+        store.confirm_claim(fid)
+        store.record_split(fid, new_chunks(tmp_path, 1, stem=f"f{i}"), target=LEADS, fmt=FileFormat.CSV, rows=10,
+                           notes=(), header=b"email\n")
+        out.append(store.chunks_of(fid)[0].id)
+    return out
+
+
+class TestSharedImports:
+    def test_a_group_moves_together_through_every_verb(self, store, tmp_path):
+        first, second, third, alone = pending_chunks(store, tmp_path, 4)
+        upload = tmp_path / "work" / "import.1.csv"
+        store.mark_submitting(first, endpoint="https://x", members=[second, third], upload=upload)
+        group = store.group_of(third)
+        assert [c.id for c in group] == [first, second, third]
+        assert {(c.state, c.group_id, c.upload_path, c.submits, c.endpoint) for c in group} == {
+            (ChunkState.SUBMITTING, first, upload, 1, "https://x")
+        }
+        assert store.chunk(alone).state is ChunkState.PENDING and store.chunk(alone).group_id is None
+        assert store.count_batches([ChunkState.SUBMITTING]) == 1
+        assert store.count_batches([ChunkState.SUBMITTING, ChunkState.PENDING]) == 2
+
+        store.requeue(second, unknown="the reply was lost", not_before=99.0)  # any member speaks for the group
+        group = store.group_of(first)
+        assert {(c.state, c.resubmits, c.not_before, c.group_id) for c in group} == {
+            (ChunkState.PENDING, 1, 99.0, first)
+        }
+        assert all(any("the reply was lost" in n for n in store.file(c.file_id).notes) for c in group)
+        store.mark_submitting(first, endpoint="https://x")  # the same group, the same bytes
+        store.record_batch(first, batch_id=1001, status="Queued")
+        store.record_progress(first, status="Importing", counts=Counts(processed=5))
+        store.finish_batch(first, status="Complete", message=None, counts=Counts(28, 2, 0))
+        assert {(c.state, c.batch_id, c.processed, c.failed) for c in store.group_of(first)} == {
+            (ChunkState.FETCHING, 1001, 28, 2)
+        }
+        with pytest.raises(ValueError, match="results for chunks"):
+            store.store_results(first, per_chunk={first: Results(None, None)})  # every member must be given
+        per_chunk = {
+            first: Results(tmp_path / "a.failures", None, Counts(8, 2, 0)),
+            second: Results(None, None, Counts(10, 0, 0)),
+            third: Results(None, None, Counts(10, 0, 0)),
+        }
+        store.store_results(third, per_chunk=per_chunk)
+        got = {c.id: (c.state, c.processed, c.failed, c.failures_path) for c in store.group_of(first)}
+        assert got == {
+            first: (ChunkState.DONE, 8, 2, tmp_path / "a.failures"),
+            second: (ChunkState.DONE, 10, 0, None),
+            third: (ChunkState.DONE, 10, 0, None),
+        }
+
+    def test_a_failure_fails_every_chunk_in_the_import(self, store, tmp_path):
+        first, second = pending_chunks(store, tmp_path, 2)
+        store.mark_submitting(first, members=[second], upload=tmp_path / "m.csv")
+        store.fail_chunk(second, "1003: refused")
+        assert {(c.state, c.error) for c in store.group_of(first)} == {(ChunkState.ERROR, "1003: refused")}
+
+    def test_only_pending_chunks_of_no_group_are_merged_and_a_refusal_changes_nothing(self, store, tmp_path):
+        first, second, third = pending_chunks(store, tmp_path, 3)
+        store.mark_submitting(first, members=[second], upload=tmp_path / "m.csv")
+        before = journal(store)
+        with pytest.raises(TransitionError, match="merged"):
+            store.mark_submitting(third, members=[second], upload=tmp_path / "n.csv")
+        assert journal(store) == before
+
+    def test_the_header_is_journalled_only_for_files_that_may_share(self, store, tmp_path):
+        [cid] = pending_chunks(store, tmp_path, 1)
+        assert store.file(store.chunk(cid).file_id).header == b"email\n"
+        fid = file_in(store, tmp_path, FileState.SPLIT)  # split without a header: never merged
+        assert store.file(fid).header is None
+
+
+def write_v3_journal(tmp_path: Path) -> None:
+    """A schema-3 journal (as created, then upgraded from 2): a split file with a submitted chunk."""
+    from dropzone.journal_schema import DDL, UPGRADES
+
+    (tmp_path / "state").mkdir()
+    db = raw(tmp_path)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        for statement in (*DDL, *UPGRADES[2]):
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO files (id, inbox, relpath, processing_path, state, size, received_at, route, fmt, rows)"
+            " VALUES (3, ?, 'leads.csv', ?, 'split', 42, '2024-05-01T10:00:00Z', ?, 'csv', 20)",
+            (os.fsencode(tmp_path / "inbox"), os.fsencode(tmp_path / "inbox" / ".processing" / "x"), LEADS.to_json()),
+        )
+        db.execute(
+            "INSERT INTO chunks (id, file_id, idx, path, first_line, last_line, rows, size, state, batch_id,"
+            " instance, endpoint) VALUES (7, 3, 0, ?, 2, 21, 20, 400, 'submitted', 1001, 'default', 'https://x')",
+            (os.fsencode(tmp_path / "work" / "leads.csv.part0000"),),
+        )
+        db.execute("PRAGMA user_version=3")
+        db.commit()
+    finally:
+        db.close()
+
+
+class TestMigrationToShared:
+    def test_a_version_3_journal_is_upgraded_in_place(self, tmp_path):
+        write_v3_journal(tmp_path)
+        store = Store(tmp_path / "state")
+        try:
+            assert store.file(3).header is None  # split before coalescing: never merged
+            chunk = store.chunk(7)
+            assert (chunk.state, chunk.batch_id, chunk.group_id, chunk.upload_path) == (
+                ChunkState.SUBMITTED, 1001, None, None
+            )
+            assert chunk.batch_key == 7 and store.group_of(7) == [chunk]
+            store.finish_batch(7, status="Complete", message=None, counts=Counts(20, 0, 0))
+            store.store_results(7, failures=None, warnings=None)
+            assert store.chunk(7).state is ChunkState.DONE
+            new = pending_chunks(store, tmp_path, 2)
+            store.mark_submitting(new[0], members=[new[1]], upload=tmp_path / "m.csv")
+            assert store.count_batches([ChunkState.SUBMITTING]) == 1
+        finally:
+            store.close()
+        db = raw(tmp_path)
+        try:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+            assert "header" in columns(db, "files")
+            assert {"group_id", "upload_path"} <= set(columns(db, "chunks"))
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            db.close()
