@@ -121,9 +121,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda signum, frame: daemon.reload_requested.set())
     server = None
     if cfg.http is not None:
-        from dropzone import health
+        from dropzone import healthserver
 
-        server = health.HealthServer(daemon.metrics, cfg.http.host, cfg.http.port)
+        server = healthserver.HealthServer(daemon.metrics, cfg.http.host, cfg.http.port)
         try:
             server.start()
         except OSError as exc:
@@ -141,14 +141,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the running daemon answers /livez and /readyz with 200 (for HEALTHCHECK and cron)."""
-    from dropzone import health
+    from dropzone import healthserver
 
     cfg = _load(args)
     if cfg.http is None:
         print("dropzone health needs an 'http' section in the configuration (http: {listen: 127.0.0.1:9108})",
               file=sys.stderr)
         return 1
-    code, message = health.check(health.base_url(cfg.http.host, cfg.http.port), args.timeout)
+    code, message = healthserver.check(healthserver.base_url(cfg.http.host, cfg.http.port), args.timeout)
     print(message)
     return code
 

@@ -30,7 +30,6 @@ One import's trouble is that import's.
 
 from __future__ import annotations
 
-import datetime as dt
 import sqlite3
 import time
 from collections.abc import Callable
@@ -46,10 +45,11 @@ from dropzone import calls as calls_module
 from dropzone import coalescing, health, jobs, merging, polling, results
 from dropzone import defaults as D
 from dropzone.calls import Attempt, Downloaded, Inline
-from dropzone.errors import Interrupted, MarketoError, QuotaExceededError, StoreError, WouldWaitError
+from dropzone.errors import Interrupted, MarketoError, StoreError, WouldWaitError
 from dropzone.instances import MarketoSettings
 from dropzone.jobs import ChunkAction, ChunkState, FileState, Pause, PollAction
 from dropzone.marketo import BatchStatus, MarketoClient
+from dropzone.pauses import Pauses
 from dropzone.quota import QuotaGuard
 from dropzone.store import ChunkRow, Counts, FileRow, Store
 
@@ -68,19 +68,6 @@ class _Call:
     apply: Callable[[Any, Exception | None, float], None]
     kind: str
     client: MarketoClient  # closed, if a reload replaced it, once its last call is collected
-
-
-@dataclass
-class Pauses:
-    """Marketo said "not now": until when each kind of call waits (monotonic seconds)."""
-
-    submits_until: float = 0.0
-    api_until: float = 0.0
-    lists_until: dict[int, float] = field(default_factory=dict)
-    targets_until: dict[str, float] = field(default_factory=dict)  # by serialised import target
-    queue_full_streak: int = 0
-    transient_streak: int = 0
-    misconfigured: str | None = None  # why, while the integration itself is refused
 
 
 @dataclass
@@ -332,7 +319,7 @@ class Dispatch:
         return coalescing.Part(chunk.id, chunk.file_id, chunk.index, chunk.size, key, chunk.not_before)
 
     def _submits_paused(self, now: float) -> bool:
-        paused = now < max(self.pauses.submits_until, self.pauses.api_until)
+        paused = self.pauses.submits_paused(now)
         return paused or self.quota.holds(self.client.quota_today(), self.settings, self.metrics)
 
     def _ask_usage(self, now: float) -> None:
@@ -409,7 +396,7 @@ class Dispatch:
     ) -> None:
         match decision.action:
             case ChunkAction.RECORD_BATCH if batch is not None:
-                self.pauses.queue_full_streak = self.pauses.transient_streak = 0
+                self.pauses.accepted(self.metrics)
                 self.store.record_batch(chunk.id, batch_id=batch.batch_id, status=batch.status)
                 ahead = polling.rows_ahead(self._polls.values(), batch.batch_id)
                 head_at = now if len(ahead) < self.predictor.slots else None
@@ -418,7 +405,6 @@ class Dispatch:
                 self._polls[chunk.id] = polling.OpenBatch(
                     batch_id=batch.batch_id, due=due, last_polled=now, rows=rows, submitted_at=now, head_at=head_at,
                 )
-                self._cleared_misconfiguration()
                 log.info("import_submitted", batchId=batch.batch_id, rows=rows, shared=chunk.group_id is not None)
             case ChunkAction.REQUEUE_UNKNOWN:
                 why = getattr(error, "reason", None) or str(error)
@@ -440,51 +426,10 @@ class Dispatch:
                     log.warning("submit_rejected", code=error.code, error=str(error))
 
     def _pause(self, pause: Pause, error: BaseException, row: FileRow | None, now: float) -> None:
-        resets_in = 0.0
-        if isinstance(error, QuotaExceededError):
-            resets_in = (error.resume_at - dt.datetime.now(dt.UTC)).total_seconds()
-        if pause is Pause.QUEUE_FULL:
-            self.pauses.queue_full_streak += 1
-        if pause is Pause.SUBMITS:
-            self.pauses.transient_streak += 1
-        streak = self.pauses.queue_full_streak if pause is Pause.QUEUE_FULL else self.pauses.transient_streak
-        asked = float(getattr(error, "retry_after", None) or 0.0)
-        seconds = self.pause_for(pause, streak=streak, quota_resets_in=resets_in, asked=asked)
-        match pause:
-            case Pause.WAIT:
-                # Routine under load (the rate window is full): not worth a warning.
-                self.pauses.api_until = max(self.pauses.api_until, now + seconds)
-                log.debug("marketo_wait", seconds=round(seconds, 2))
-                return
-            case Pause.LIST:
-                list_id = self._list_of(row)
-                if list_id is not None:
-                    self.pauses.lists_until[list_id] = now + seconds
-            case Pause.API:
-                self.pauses.api_until = now + seconds
-            case Pause.TARGET if row is not None:
-                self.pauses.targets_until[self._target_key(row)] = now + seconds
-                self._refused(error, seconds)
-            case Pause.MISCONFIGURED:
-                self.pauses.submits_until = now + seconds
-                self._refused(error, seconds)
-            case _:
-                self.pauses.submits_until = now + seconds
-        code = getattr(error, "code", None)
-        log.warning("marketo_pause", pause=pause.value, code=code, error=str(error), seconds=round(seconds, 1))
-
-    def _refused(self, error: BaseException, seconds: float) -> None:
-        """Marketo refuses the integration (or a route's target): told once, shown in /readyz."""
-        if self.pauses.misconfigured is None:
-            log.error("marketo_refuses_this_integration", error=str(error), retry_in_s=seconds)
-        self.pauses.misconfigured = str(error)
-        self.metrics.set_misconfigured(str(error))
-
-    def _cleared_misconfiguration(self) -> None:
-        if self.pauses.misconfigured is not None:
-            log.info("marketo_accepts_this_integration_again")
-            self.pauses.misconfigured = None
-            self.metrics.set_misconfigured(None)
+        self.pauses.apply(
+            pause, error, now, pause_for=self.pause_for, metrics=self.metrics, list_id=self._list_of(row),
+            target_key=self._target_key(row) if row is not None else None,
+        )
 
     # ---- poll -------------------------------------------------------------------
 
@@ -627,4 +572,4 @@ def _counts(status: BatchStatus) -> Counts:
     return Counts(processed=status.processed, failed=status.failed, warned=status.warned)
 
 
-__all__ = ["SENT", "Dispatch", "Interrupted", "Pauses"]
+__all__ = ["SENT", "Dispatch", "Interrupted"]

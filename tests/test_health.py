@@ -15,9 +15,10 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dropzone import health
+from dropzone import health, healthserver
 from dropzone.config import MarketoSettings
-from dropzone.health import HealthServer, Metrics
+from dropzone.health import Metrics
+from dropzone.healthserver import HealthServer
 from dropzone.marketo import MarketoClient
 from dropzone.simulator import Simulator
 from tests.conftest import CLIENT_ID, CLIENT_SECRET
@@ -440,13 +441,13 @@ def test_probe_writable(tmp_path: Path) -> None:
 
 def test_check_ok(server: HealthServer, metrics: Metrics) -> None:
     _all_ready(metrics)
-    assert health.check(server.url, timeout=5) == (0, "livez: ok\nreadyz: ok")
+    assert healthserver.check(server.url, timeout=5) == (0, "livez: ok\nreadyz: ok")
 
 
 def test_check_names_what_failed(server: HealthServer, metrics: Metrics) -> None:
     _all_ready(metrics)
     metrics.set_ready_inputs(watchers_alive=False)
-    code, message = health.check(server.url + "/", timeout=5)
+    code, message = healthserver.check(server.url + "/", timeout=5)
     assert code == 1
     assert message.splitlines()[0] == "livez: ok"
     assert message.splitlines()[1].startswith("readyz: HTTP 503; watchers: an inbox watcher is dead")
@@ -455,7 +456,7 @@ def test_check_names_what_failed(server: HealthServer, metrics: Metrics) -> None
 def test_check_when_nothing_listens(metrics: Metrics) -> None:
     with HealthServer(metrics, "127.0.0.1", 0) as srv:
         url = srv.url
-    code, message = health.check(url, timeout=2)
+    code, message = healthserver.check(url, timeout=2)
     assert code == 1
     assert message.startswith(f"livez: cannot reach {url}/livez")
 
@@ -465,7 +466,7 @@ def test_check_ignores_proxy_settings(
 ) -> None:
     _all_ready(metrics)
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # discard port: nothing answers there
-    assert health.check(server.url, timeout=5)[0] == 0
+    assert healthserver.check(server.url, timeout=5)[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -479,4 +480,4 @@ def test_check_ignores_proxy_settings(
     ],
 )
 def test_base_url(host: str, port: int, url: str) -> None:
-    assert health.base_url(host, port) == url
+    assert healthserver.base_url(host, port) == url
