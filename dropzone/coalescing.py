@@ -21,7 +21,7 @@ Once Marketo has finished a shared batch, each file gets its own counts
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dropzone.journal_schema import Counts
@@ -100,4 +100,14 @@ def share_counts(status: str | None, rows: int, failed: int | None, warned: int 
     return Counts(processed=max(rows - failed, 0) if failed is not None else None, failed=failed, warned=warned)
 
 
-__all__ = ["MergeKey", "Part", "gather", "line_ending", "merged_bytes", "share_counts"]
+def shares_add_up(batch: Counts, shares: Sequence[Counts]) -> bool:
+    """Whether the files' shares agree with Marketo's own counters for the batch (unknown ones agree)."""
+    failed = [s.failed for s in shares]
+    processed = [s.processed for s in shares]
+    if batch.failed is not None and None not in failed and sum(f or 0 for f in failed) < batch.failed:
+        return False  # failed rows no file was given
+    known = batch.processed is not None and None not in processed
+    return not (known and sum(p or 0 for p in processed) > (batch.processed or 0))
+
+
+__all__ = ["MergeKey", "Part", "gather", "line_ending", "merged_bytes", "share_counts", "shares_add_up"]

@@ -55,7 +55,10 @@ USAGE_REFRESH_S: Final = 600.0
 """How often the instance's calls today are asked of /rest/v1/stats/usage.json (itself a call),
 while files wait to be submitted."""
 USAGE_RETRY_S: Final = 60.0
-"""After a usage.json call failed (not a 603: that one stops them for good)."""
+"""After a usage.json call failed (not a 603)."""
+USAGE_DENIED_RETRY_S: Final = 3600.0
+"""After usage.json answered 603 (the API user may lack the permission, or an IP allow-list refused
+once): our own count only, and usage.json asked again this much later."""
 
 # --- Files -------------------------------------------------------------------
 
@@ -111,6 +114,10 @@ RESUBMIT_HOLD_MAX_S: Final = 1_800.0
 # --- The loop -------------------------------------------------------------------
 
 MAX_IDLE_S: Final = 1.0
+GONE_ANSWERS: Final = 3
+GONE_AFTER_S: Final = 300.0
+"""Marketo's "no such batch" (1003) for a batch it accepted is believed only when said GONE_ANSWERS
+times in a row over GONE_AFTER_S at least: giving a batch up fails every file in it."""
 DRAIN_DEADLINE_S: Final = 3600.0
 """How long the stage of an instance a reload removed keeps finishing what it sent; then what is
 left is reported as of unknown outcome (a Marketo that never answers must not hold files forever)."""

@@ -482,6 +482,7 @@ class Dispatch:
             match action:
                 case PollAction.WAIT if status is not None:
                     self.metrics.poll_succeeded()
+                    poll.gone_since, poll.gone_said = None, 0
                     self.store.record_progress(chunk.id, status=status.status, counts=_counts(status))
                     polling.still_open(self.predictor, poll, status.status, now, self._polls.values(),
                                        poll_interval=self.settings.poll_interval)
@@ -502,7 +503,18 @@ class Dispatch:
                     log.info("import_finished", status=status.status, processed=status.processed,
                              failed=status.failed)
                 case PollAction.GONE:
-                    self.store.fail_chunk(chunk.id, f"Marketo no longer knows batch {chunk.batch_id}: {error}")
+                    poll.gone_since = now if poll.gone_since is None else poll.gone_since
+                    poll.gone_said += 1
+                    if not jobs.batch_gone(poll.gone_said, poll.gone_since, now):
+                        poll.due = now + max(self.settings.poll_interval, D.GONE_AFTER_S / D.GONE_ANSWERS)
+                        log.warning("batch_not_found_asking_again", error=str(error), times=poll.gone_said)
+                        return
+                    self.store.fail_chunk(
+                        chunk.id,
+                        f"Marketo answered {poll.gone_said} times over {round((now - poll.gone_since) / 60)} min "
+                        f"that it does not know batch {chunk.batch_id}, which it had accepted ({error}): whether "
+                        "its rows were imported is unknown",
+                    )
                     self._polls.pop(chunk.id, None)
                     self._replan(now, now)
                     log.warning("batch_gone", error=str(error))

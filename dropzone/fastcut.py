@@ -71,14 +71,15 @@ class SourceFile:
         """Chunks hold what the file holds now; the split checked what it read."""
         if _stamp(self.fd) != self.stamp:
             raise SplitError(
-                "the file changed while it was being split (its size or modification time "
+                "the file changed while it was being split (its size, modification or change time "
                 "is not what it was when the split began); split it again once it is complete"
             )
 
 
-def _stamp(fd: int) -> tuple[int, int]:
+def _stamp(fd: int) -> tuple[int, int, int]:
+    # ctime too: a writer can put the mtime back (utime, sftp's fsetstat), never the ctime.
     st = os.fstat(fd)
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 class Copy:

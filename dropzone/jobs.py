@@ -222,7 +222,9 @@ def file_outcome(chunks: Iterable[ChunkResult]) -> Outcome:
     """Complete when every row went in; Failed when none did; Partial in between.
 
     Rows with warnings were imported (Marketo's own rule), so they do not
-    make a file Partial: they are reported in the warnings file.
+    make a file Partial: they are reported in the warnings file. Failed rows
+    not known (a shared batch whose failures could not all be told apart)
+    are never taken for none: such a file is at best Partial.
     """
     results = list(chunks)
     if not results:
@@ -230,7 +232,7 @@ def file_outcome(chunks: Iterable[ChunkResult]) -> Outcome:
     total = sum(r.rows for r in results)
     imported = sum(imported_rows(r) for r in results)
     clean = all(
-        r.state is ChunkState.DONE and r.marketo_status == "Complete" and not r.failed for r in results
+        r.state is ChunkState.DONE and r.marketo_status == "Complete" and r.failed == 0 for r in results
     )
     if clean and imported >= total:
         return Outcome.COMPLETE
@@ -373,6 +375,11 @@ def after_poll(error: BaseException | None, *, finished: bool = False) -> PollAc
             return PollAction.WAIT_INSTANCE
         case _:
             return PollAction.RETRY
+
+
+def batch_gone(said: int, since: float, now: float) -> bool:
+    """Whether Marketo's "no such batch", said ``said`` times in a row since ``since``, is final."""
+    return said >= D.GONE_ANSWERS and now - since >= D.GONE_AFTER_S
 
 
 class FetchAction(enum.StrEnum):

@@ -303,6 +303,8 @@ class OpenBatch:
     last_open_at: float | None = None
     last_queued_at: float | None = None
     learn: bool = True  # False for a batch found in the journal: its times are not ours to learn from
+    gone_since: float | None = None  # the first of Marketo's "no such batch" answers in a row
+    gone_said: int = 0  # how many in a row
 
     @classmethod
     def found(cls, batch_id: int, rows: int, now: float) -> OpenBatch:

@@ -216,7 +216,10 @@ class Prepare:
             finally:
                 # Also when the split refused it: a half-written last record is no reason to reject.
                 after = os.fstat(source.fileno())
-                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                # ctime too: a writer can put the mtime back (utime, sftp's fsetstat), never the ctime.
+                if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                    before.st_size, before.st_mtime_ns, before.st_ctime_ns
+                ):
                     raise _StillWrittenError(after.st_size, after.st_mtime_ns)
         if self._growing.pop(row.id, None) is not None:
             notes.append(

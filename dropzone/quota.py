@@ -44,7 +44,8 @@ class QuotaGuard:
 
     every: float = D.USAGE_REFRESH_S
     retry: float = D.USAGE_RETRY_S
-    #: usage.json answered 603: not asked again, our own count only.
+    #: usage.json answered 603: our own count only until it is asked again, an hour later (a 603 may
+    #: be a passing IP allow-list refusal, not a role without the permission).
     denied: bool = False
     #: A usage.json call is running.
     asking: bool = False
@@ -54,7 +55,7 @@ class QuotaGuard:
     _paused: bool = False
 
     def due(self, now: float) -> bool:
-        return not self.denied and not self.asking and now >= self._next_at
+        return not self.asking and now >= self._next_at
 
     def started(self) -> None:
         self.asking = True
@@ -64,10 +65,16 @@ class QuotaGuard:
         self.asking, self._tried = False, True
         if error is None:
             self._next_at = now + self.every
+            if self.denied:
+                log.info("usage_permitted_again")
+            self.denied = False
             return
         if isinstance(error, MisconfiguredError) and error.code == _DENIED:
+            self._next_at = now + D.USAGE_DENIED_RETRY_S
+            if not self.denied:
+                log.warning("usage_not_permitted_counting_our_calls_only", error=str(error),
+                            asked_again_in_s=D.USAGE_DENIED_RETRY_S)
             self.denied = True
-            log.warning("usage_not_permitted_counting_our_calls_only", error=str(error))
             return
         asked = error.retry_after if isinstance(error, WouldWaitError) else 0.0
         self._next_at = now + max(self.retry, asked)

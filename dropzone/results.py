@@ -21,6 +21,11 @@ _UNMATCHED = (
     "{n} row(s) of the {kind} file of batch {batch}, shared with other files, matched no file's rows as sent: "
     "they are not in this file's {kind} file"
 )
+_UNTOLD = (
+    "batch {batch}, shared with other files, had {failed} failed row(s) by Marketo's count and {processed} "
+    "processed, which the rows told apart per file do not add up to: this file's failed rows are unknown, "
+    "so it is reported Partial (import it alone, coalesce: false, to have them told)"
+)
 _NO_SHARE = (
     "the {kind} file of batch {batch}, shared with other files, could not be fetched ({why}): "
     "which of its rows were this file's is unknown"
@@ -59,6 +64,15 @@ def _store_shares(store: Store, first: ChunkRow, got: Downloaded) -> None:
         counts = coalescing.share_counts(first.marketo_status, c.rows, failed, warned, batch)
         per_chunk[c.id] = Results(failures.paths[c.id], warnings.paths[c.id], counts)
     notes = []
+    if not coalescing.shares_add_up(batch, [r.counts for r in per_chunk.values() if r.counts is not None]):
+        # Marketo's failure file left rows out or wrote them unlike we sent them: never call a file clean
+        # on rows we could not tell apart (the same file imported alone would be Partial).
+        per_chunk = {
+            cid: Results(r.failures, r.warnings, Counts(processed=None, failed=None, warned=r.counts.warned
+                                                        if r.counts is not None else None))
+            for cid, r in per_chunk.items()
+        }
+        notes.append(_UNTOLD.format(batch=first.batch_id, failed=batch.failed, processed=batch.processed))
     if _unknown(first) and first.marketo_status == "Complete":
         notes.append(_NO_COUNTS.format(batch=first.batch_id))
     for kind, shares in got.shares.items():

@@ -221,3 +221,31 @@ class TestCrash:
             assert status["batches"][0]["batchId"] == second["batchId"]
             assert status["status"] == ("Complete" if name == "leads_2.csv" else "Partial")
             assert status["rowsFailed"] == (0 if name == "leads_2.csv" else 1)
+
+
+class TestUntoldRows:
+    @pytest.fixture
+    def sim_config(self, sim_config):
+        import dataclasses
+
+        # Marketo's lossy failures file (the lookup column left out when empty, values unquoted):
+        # its rows match no file's rows as sent.
+        return dataclasses.replace(sim_config, failure_file_quirk=True)
+
+    def test_failed_rows_that_cannot_be_told_apart_never_leave_a_file_complete(self, tmp_path, simulator, make):
+        """A shared batch whose failed rows cannot be given to their files: every file in it is Partial,
+        with Marketo's own counts and why, never Complete (alone, each would be Partial too)."""
+        daemon = held(make)
+        names = [f"leads_{i}.csv" for i in range(4)]
+        for i, name in enumerate(names):
+            # The empty lookup field last: the column Marketo's quirky failures file leaves out.
+            drop(tmp_path, name, f"firstName,email\nU{i},u{i}@example.com\nNoEmail{i},\n")
+        until_split(daemon, 4)
+        release(daemon)
+        run_until_idle(daemon)
+        [batch] = simulator.submissions()
+        assert batch["failed"] == 4
+        for name in names:
+            status = status_of(tmp_path, name)
+            assert status["status"] == "Partial", status
+            assert any("do not add up" in note for note in status["notes"])

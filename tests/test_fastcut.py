@@ -9,6 +9,7 @@ import io
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -311,6 +312,29 @@ def test_a_file_that_grows_while_it_is_split_is_refused(tmp_path: Path) -> None:
     def open_chunk(index: int) -> Iterator[BinaryIO]:
         with open(source, "ab") as partner:
             partner.write(b'"late@x.com","appended while split"\r\n')
+        with open(chunk_path(source, out, index), "wb") as f:
+            yield f
+
+    out.mkdir()
+    with open(source, "rb") as f, pytest.raises(SplitError, match="changed while it was being split"):
+        split(f, open_chunk, max_bytes=1500)
+
+
+def test_a_file_rewritten_in_place_with_its_mtime_put_back_is_refused(tmp_path: Path) -> None:
+    """Same size, the old mtime restored (utime, sftp's fsetstat): the change time still tells."""
+    source = tmp_path / "leads.csv"
+    source.write_bytes(SOURCE)
+    before = os.stat(source)
+    out = tmp_path / "out"
+
+    @contextlib.contextmanager
+    def open_chunk(index: int) -> Iterator[BinaryIO]:
+        if index == 0:
+            time.sleep(0.01)  # a later change time than the split's first look (its clock's granularity)
+            with open(source, "r+b") as partner:
+                partner.seek(len(SOURCE) - 4)
+                partner.write(b"\xff\xfe")
+            os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
         with open(chunk_path(source, out, index), "wb") as f:
             yield f
 

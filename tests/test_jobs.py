@@ -246,10 +246,13 @@ def test_quota_pause_lasts_until_the_reset():
 
 
 def test_unknown_counters_are_not_zero():
-    """A Complete program-member batch without counters imported what its failure file did not list."""
+    """Failed rows still unknown once the results are in (a shared batch whose failures could not be told
+    apart; a lone batch's are counted from its failure file before this) never make a file Complete."""
     done = ChunkResult(ChunkState.DONE, "Complete", rows=10, processed=None, failed=None, warned=None)
     assert jobs.imported_rows(done) == 10
-    assert jobs.file_outcome([done]) is Outcome.COMPLETE
+    assert jobs.file_outcome([done]) is Outcome.PARTIAL
+    counted = ChunkResult(ChunkState.DONE, "Complete", rows=10, processed=None, failed=0, warned=None)
+    assert jobs.file_outcome([counted]) is Outcome.COMPLETE
     some_failed = ChunkResult(ChunkState.DONE, "Complete", rows=10, processed=None, failed=3, warned=None)
     assert jobs.imported_rows(some_failed) == 7
     assert jobs.file_outcome([some_failed]) is Outcome.PARTIAL
@@ -304,3 +307,16 @@ def test_chunk_owner(state, instance, sent_to, configured, last_known, action, n
         assert repr(instance) in decision.reason
         assert ("not sent" in decision.reason) == (state is ChunkState.PENDING)
         assert ("unknown" in decision.reason) == (state is not ChunkState.PENDING)
+
+
+@pytest.mark.parametrize(
+    ("said", "since", "now", "gone"),
+    [
+        (1, 0.0, 0.0, False),  # one "no such batch" for a batch Marketo accepted: asked again
+        (3, 0.0, 10.0, False),  # said again at once: not yet believed
+        (2, 0.0, 1_000.0, False),  # long ago but only twice
+        (3, 0.0, 300.0, True),  # three times over five minutes: the batch is gone
+    ],
+)
+def test_when_marketo_s_no_such_batch_is_believed(said, since, now, gone):
+    assert jobs.batch_gone(said, since, now) is gone

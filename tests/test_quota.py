@@ -20,6 +20,7 @@ import requests
 import structlog
 
 from dropzone import config as config_module
+from dropzone import defaults as D
 from dropzone import errors, health, throttle
 from dropzone.daemon import Daemon
 from dropzone.instances import MarketoSettings
@@ -269,13 +270,20 @@ class TestGuard:
         guard.answered(errors.WouldWaitError(120.0), 800.0)
         assert not guard.due(919.0) and guard.due(920.0)
 
-    def test_a_603_stops_the_asking_for_good_and_is_told_once(self):
+    def test_a_603_is_asked_again_an_hour_later_and_told_once(self):
+        """A 603 may be a passing IP allow-list refusal: never taken as "not permitted" for good."""
         guard = QuotaGuard(every=1, retry=1)
+        denied = errors.MisconfiguredError("Marketo denied access (603)", code="603")
         with structlog.testing.capture_logs() as logs:
             guard.started()
-            guard.answered(errors.MisconfiguredError("Marketo denied access (603)", code="603"), 0.0)
-        assert guard.denied and not guard.due(10**9)
-        assert [e["event"] for e in logs] == ["usage_not_permitted_counting_our_calls_only"]
+            guard.answered(denied, 0.0)
+            assert guard.denied and not guard.due(D.USAGE_DENIED_RETRY_S - 1) and guard.due(D.USAGE_DENIED_RETRY_S)
+            guard.started()
+            guard.answered(denied, D.USAGE_DENIED_RETRY_S)
+            guard.started()
+            guard.answered(None, 2 * D.USAGE_DENIED_RETRY_S)
+        assert not guard.denied
+        assert [e["event"] for e in logs] == ["usage_not_permitted_counting_our_calls_only", "usage_permitted_again"]
 
     def test_other_refusals_are_asked_again(self):
         guard = QuotaGuard(every=1, retry=1)

@@ -265,6 +265,27 @@ class TestDispatch:
         [chunk] = store.chunks_of(file_id)
         assert (chunk.state, chunk.marketo_status, chunk.processed) == (ChunkState.DONE, "Complete", 1)
 
+    def test_one_no_such_batch_answer_is_asked_again_three_over_five_minutes_give_up(self, config, inbox, store):
+        """Giving a batch up fails every file in it: Marketo's 1003 is believed only when it keeps saying it."""
+        file_id = self.split_file(config, inbox, store)
+        gone = errors.BatchNotFoundError("no such batch", code="1003")
+        done = BatchStatus(batch_id=7, status="Complete", processed=1, failed=0, warned=0)
+        client = FakeClient(submit=[BatchStatus(batch_id=7, status="Queued")], status=[gone, done])
+        dispatch = self.dispatch(config, store, client)
+        for now in (10.0, 20.0, 400.0, 800.0):
+            dispatch.run_once(now)
+        [chunk] = store.chunks_of(file_id)
+        assert (chunk.state, chunk.processed) == (ChunkState.DONE, 1)
+
+        file_id = claim(inbox, store, "leads_b.csv", b"email\nb@example.com\n")
+        TestPrepare().prepare(config, store).run_once(1000.0)
+        client = FakeClient(submit=[BatchStatus(batch_id=8, status="Queued")], status=[gone, gone, gone])
+        dispatch = self.dispatch(config, store, client)
+        for now in (1010.0, 1020.0, 1200.0, 1400.0):
+            dispatch.run_once(now)
+        [chunk] = store.chunks_of(file_id)
+        assert chunk.state is ChunkState.ERROR and "unknown" in (chunk.error or "")
+
     def test_missing_counters_are_counted_from_the_result_files(self, config, inbox, store):
         file_id = self.split_file(config, inbox, store)
         client = FakeClient(
