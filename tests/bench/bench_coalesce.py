@@ -4,7 +4,7 @@ Prints the imports Marketo received, API calls per file and the makespan (the dr
 file), with coalescing on (the default) and, with ``--no-coalesce``, one import per file. A script, not
 a test:
 
-    python tests/bench/bench_backlog.py [--files 1000] [--rows 1] [--job-seconds 2] [--no-coalesce]
+    python tests/bench/bench_coalesce.py [--files 1000] [--rows 1] [--job-seconds 2] [--no-coalesce]
 
 The simulator enforces Marketo's limits (100 calls / 20 s → 606, 2 importing, 10 open → 1016); the
 daemon runs as its own process with its defaults.
