@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from dropzone import jobs, merging, outbox
-from dropzone.errors import WouldWaitError
 from dropzone.jobs import FetchAction
 from dropzone.kinds import FileFormat
 from dropzone.marketo import MarketoClient
@@ -118,8 +117,4 @@ def download_shared_results(
     return out
 
 
-def is_wait(error: BaseException | None) -> bool:
-    return isinstance(error, WouldWaitError)
-
-
-__all__ = ["Attempt", "Downloaded", "Inline", "download_results", "download_shared_results", "is_wait", "start"]
+__all__ = ["Attempt", "Downloaded", "Inline", "download_results", "download_shared_results", "start"]

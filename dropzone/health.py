@@ -196,9 +196,8 @@ class Metrics:
 
     Marketo metrics carry an ``instance`` label, one series per instance; the
     file metrics do not. Each instance reports through ``instance(name)``; the
-    methods ``api_call``, ``on_call``, ``poll_succeeded``, ``set_batches`` and
-    ``set_misconfigured`` here are the default instance's (``DEFAULT_INSTANCE``,
-    the configuration's ``marketo:``), which exists from the start.
+    default instance's (``DEFAULT_INSTANCE``, the configuration's ``marketo:``)
+    exists from the start.
 
     Args:
         clock: monotonic seconds; the daemon passes its own.
@@ -340,22 +339,6 @@ class Metrics:
         if chunks > 1:
             self.chunks_split.inc(chunks)
 
-    def api_call(self, endpoint: str, outcome: str) -> None:
-        """The default instance's ``InstanceMetrics.api_call``."""
-        self.instance(DEFAULT_INSTANCE).api_call(endpoint, outcome)
-
-    def on_call(self, record: CallRecord) -> None:
-        """``MarketoClient(on_call=metrics.on_call)``: the default instance's ``api_call``."""
-        self.instance(DEFAULT_INSTANCE).on_call(record)
-
-    def poll_succeeded(self) -> None:
-        """A batch status poll on the default instance got Marketo's answer."""
-        self.instance(DEFAULT_INSTANCE).poll_succeeded()
-
-    def set_batches(self, *, open: int, queued: int) -> None:
-        """The default instance's ``InstanceMetrics.set_batches``."""
-        self.instance(DEFAULT_INSTANCE).set_batches(open=open, queued=queued)
-
     def set_waiting(self, count: int, oldest_since: float | None) -> None:
         """Files waiting in the inboxes, and the clock reading when the oldest was first seen
         (the age is computed at scrape time, so it keeps growing if the loop stalls)."""
@@ -377,10 +360,6 @@ class Metrics:
                 self._state_writable = state_writable
             if watchers_alive is not None:
                 self._watchers_alive = watchers_alive
-
-    def set_misconfigured(self, reason: str | None) -> None:
-        """The default instance's ``InstanceMetrics.set_misconfigured``."""
-        self.instance(DEFAULT_INSTANCE).set_misconfigured(reason)
 
     # ---- verdicts ------------------------------------------------------------
 

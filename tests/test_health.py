@@ -131,15 +131,15 @@ def test_readyz_fails_when_the_loop_stalls(server: HealthServer, metrics: Metric
 
 def test_readyz_marketo_unreachable_past_the_grace(server: HealthServer, metrics: Metrics, clock: FakeClock) -> None:
     _all_ready(metrics)
-    metrics.api_call("status", "ok")
+    metrics.instance("default").api_call("status", "ok")
     clock.now += 500  # idle for a long time: still ready, an idle daemon makes no calls
     metrics.tick()
     assert get(server.url + "/readyz")[0] == 200
 
-    metrics.api_call("status", "ConnectionError")
+    metrics.instance("default").api_call("status", "ConnectionError")
     clock.now += 119
     metrics.tick()
-    metrics.api_call("status", "HTTP 503")  # a later failure does not restart the grace
+    metrics.instance("default").api_call("status", "HTTP 503")  # a later failure does not restart the grace
     assert get(server.url + "/readyz")[0] == 200
 
     clock.now += 2
@@ -150,13 +150,13 @@ def test_readyz_marketo_unreachable_past_the_grace(server: HealthServer, metrics
     assert "failing for 121 s" in doc["checks"]["marketo"]["detail"]
     assert "last answered 621 s ago" in doc["checks"]["marketo"]["detail"]
 
-    metrics.api_call("import", "1016")  # "queue full" is an answer: Marketo is there
+    metrics.instance("default").api_call("import", "1016")  # "queue full" is an answer: Marketo is there
     assert get(server.url + "/readyz")[0] == 200
 
 
 def test_readyz_marketo_never_answered(server: HealthServer, metrics: Metrics, clock: FakeClock) -> None:
     _all_ready(metrics)
-    metrics.api_call("identity", "HTTP 401")
+    metrics.instance("default").api_call("identity", "HTTP 401")
     clock.now += 120
     metrics.tick()
     status, _, body = get(server.url + "/readyz")
@@ -182,13 +182,13 @@ def test_metrics_report_what_was_fed(server: HealthServer, metrics: Metrics, clo
     metrics.file_finished("Complete", rows_processed=1, rows_failed=0, rows_warned=0)
     metrics.file_split(3)
     metrics.file_split(1)
-    metrics.api_call("identity", "ok")
-    metrics.api_call("import", "ok")
-    metrics.api_call("import", "1016")
-    metrics.api_call("import", "1016")
-    metrics.set_batches(open=4, queued=2)
+    metrics.instance("default").api_call("identity", "ok")
+    metrics.instance("default").api_call("import", "ok")
+    metrics.instance("default").api_call("import", "1016")
+    metrics.instance("default").api_call("import", "1016")
+    metrics.instance("default").set_batches(open=4, queued=2)
     metrics.set_waiting(5, oldest_since=clock.now - 30)
-    metrics.poll_succeeded()
+    metrics.instance("default").poll_succeeded()
     clock.now += 12.5
 
     got = scrape(server)
@@ -225,18 +225,18 @@ def test_every_metric_is_documented(metrics: Metrics) -> None:
 def test_a_refused_integration_is_not_ready_until_it_clears(metrics: Metrics) -> None:
     """603 and friends: /readyz says why, the gauge says 1; cleared, both go back."""
     _all_ready(metrics)
-    metrics.set_misconfigured("603 Access denied: check the API role's permissions")
+    metrics.instance("default").set_misconfigured("603 Access denied: check the API role's permissions")
     [refused] = [c for c in metrics.readiness() if c.name == "marketo_access"]
     assert not refused.ok and "603" in refused.detail
     assert _refused(metrics, "default") == 1
-    metrics.set_misconfigured(None)
+    metrics.instance("default").set_misconfigured(None)
     assert all(c.ok for c in metrics.readiness())
     assert _refused(metrics, "default") == 0
 
 
 def test_two_daemons_do_not_share_counters(clock: FakeClock) -> None:
     a, b = Metrics(clock=clock), Metrics(clock=clock)
-    a.api_call("identity", "ok")
+    a.instance("default").api_call("identity", "ok")
     assert a.registry.get_sample_value("dropzone_token_refreshes_total", {"instance": "default"}) == 1
     assert b.registry.get_sample_value("dropzone_token_refreshes_total", {"instance": "default"}) == 0
 
@@ -244,7 +244,7 @@ def test_two_daemons_do_not_share_counters(clock: FakeClock) -> None:
 def test_on_call_counts_a_real_client(simulator: Simulator, metrics: Metrics) -> None:
     client = MarketoClient(
         MarketoSettings(endpoint=simulator.base_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
-        on_call=metrics.on_call,
+        on_call=metrics.instance("default").on_call,
     )
     try:
         client.check_credentials()
@@ -293,7 +293,7 @@ def test_every_marketo_metric_has_an_instance_label_and_file_metrics_do_not(metr
     sandbox.poll_succeeded()
     sandbox.set_batches(open=3, queued=1)
     sandbox.set_misconfigured("603 Access denied")
-    metrics.api_call("status", "ok")
+    metrics.instance("default").api_call("status", "ok")
     metrics.file_finished("Complete", rows_processed=1, rows_failed=0, rows_warned=0)
 
     series = _series(metrics)
@@ -375,7 +375,7 @@ def test_forget_instance_removes_its_series_and_checks(metrics: Metrics) -> None
     sandbox.poll_succeeded()
     sandbox.set_batches(open=2, queued=5)
     sandbox.set_misconfigured("603 Access denied")
-    metrics.api_call("import", "ok")
+    metrics.instance("default").api_call("import", "ok")
     assert any(labels.get("instance") == "sandbox" for _, labels, _ in _series(metrics))
 
     metrics.forget_instance("sandbox")
@@ -408,7 +408,7 @@ def test_forget_instance_removes_its_series_and_checks(metrics: Metrics) -> None
 def test_seconds_since_last_successful_poll_is_per_instance(
     server: HealthServer, metrics: Metrics, clock: FakeClock
 ) -> None:
-    metrics.poll_succeeded()
+    metrics.instance("default").poll_succeeded()
     clock.now += 10
     metrics.instance("sandbox").poll_succeeded()
     metrics.instance("idle")
