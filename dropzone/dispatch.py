@@ -220,12 +220,11 @@ class Dispatch:
         return sum(c.rows for c in self.store.group_of(chunk.id)) if chunk.group_id is not None else chunk.rows
 
     def _imports(self, states: list[ChunkState]) -> list[ChunkRow]:
-        """This instance's imports in these states, each once, as its first chunk (the one verbs are given);
-        of those sent, only what went to this stage's endpoint (a moved instance's old stage has the rest)."""
+        """This instance's sent imports in these states, each once, as its first chunk (the one verbs are
+        given): only what went to this stage's endpoint (a moved instance's old stage has the rest)."""
         seen: set[int] = set()
         out = []
-        endpoint = None if states == [ChunkState.PENDING] else self._endpoint
-        for chunk in self.store.chunks(states, instance=self.name, endpoint=endpoint):
+        for chunk in self.store.chunks(states, instance=self.name, endpoint=self._endpoint):
             if chunk.batch_key not in seen:
                 seen.add(chunk.batch_key)
                 out.append(chunk if chunk.id == chunk.batch_key else self.store.chunk(chunk.batch_key))
