@@ -69,10 +69,11 @@ POLL_PROBE_AFTER = 8
 """After this many batches in a row found finished by their first poll, first polls come earlier
 (a probe): imports may have got much faster, which the shrink above takes long to notice."""
 POLL_PROBE_AT = 0.5
-"""A probe comes this fraction of the predicted time earlier than a first poll would, but at
-most POLL_PROBE_CAPS caps (``poll_interval``) earlier: if the batch is not finished, it costs
-one poll more."""
-POLL_PROBE_CAPS = 1.0
+"""A probe comes at this fraction of the predicted time: if the batch is not finished, it costs
+one poll more (the next comes at the predicted finish), however early it came. Not capped: after
+a slow spell (jobs of 120 s, then of 2 s) a probe only one ``poll_interval`` earlier left the
+first polls ~110 s late for 8 batches and 43 s late on average over 40; uncapped, 14 s, at the
+same polls per batch on steady 2, 60 and 300 s jobs (``tests/bench/bench_predictor.py``)."""
 POLL_BRACKET_AT = 0.25
 """A batch found finished after a look found it open is taken to have finished this far into
 the gap between the two looks: an estimate a little short costs one poll, which measures again;
@@ -168,7 +169,7 @@ class Predictor:
         slot = self.slot_time(rows)
         margin = POLL_MARGIN * slot - POLL_EARLY_S
         if self.hits >= POLL_PROBE_AFTER:
-            margin -= min((1.0 - POLL_PROBE_AT) * slot, POLL_PROBE_CAPS * poll_interval)
+            margin -= (1.0 - POLL_PROBE_AT) * slot
         if head_at is not None:
             return max(head_at + slot + margin, now + POLL_FLOOR_S)
         least = POLL_BEHIND_S if len(ahead) >= self.slots else POLL_FLOOR_S
