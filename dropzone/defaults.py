@@ -56,6 +56,10 @@ USAGE_REFRESH_S: Final = 600.0
 while files wait to be submitted."""
 USAGE_RETRY_S: Final = 60.0
 """After a usage.json call failed (not a 603)."""
+USAGE_FIRST_WAIT_S: Final = 5.0
+"""How long new imports wait for the first usage.json answer after a start: long enough for a
+healthy Marketo to answer; a slow one (its timeout is a minute) no longer holds every import,
+which go ahead on our own count until it answers."""
 USAGE_DENIED_RETRY_S: Final = 3600.0
 """After usage.json answered 603 (the API user may lack the permission, or an IP allow-list refused
 once): our own count only, and usage.json asked again this much later."""

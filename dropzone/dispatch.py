@@ -319,11 +319,11 @@ class Dispatch:
 
     def _submits_paused(self, now: float) -> bool:
         paused = self.pauses.submits_paused(now)
-        return paused or self.quota.holds(self.client.quota_today(), self.settings, self.metrics)
+        return paused or self.quota.holds(self.client.quota_today(), self.settings, self.metrics, now)
 
     def _ask_usage(self, now: float) -> None:
         if self.quota.due(now) and now >= self.pauses.api_until:  # every integration's calls today
-            self.quota.started()
+            self.quota.started(now)
             self._start(_USAGE, "usage", partial(self.client.usage_today, retry_for=0.0),
                         lambda _total, error, at: self.quota.answered(error, at), now)
 

@@ -53,12 +53,16 @@ class QuotaGuard:
     _tried: bool = False
     _next_at: float = 0.0
     _paused: bool = False
+    #: When the first usage.json call started (None: not yet).
+    _first_asked_at: float | None = None
 
     def due(self, now: float) -> bool:
         return not self.asking and now >= self._next_at
 
-    def started(self) -> None:
+    def started(self, now: float) -> None:
         self.asking = True
+        if self._first_asked_at is None:
+            self._first_asked_at = now
 
     def answered(self, error: Exception | None, now: float) -> None:
         """The usage.json call ended: ``error`` is what it raised (None: the client keeps the count)."""
@@ -81,8 +85,8 @@ class QuotaGuard:
         log.info("usage_unavailable_will_retry", error=str(error) or type(error).__name__,
                  retry_in_s=round(self._next_at - now, 1))
 
-    def holds(self, today: QuotaToday, settings: MarketoSettings, metrics: health.InstanceMetrics) -> bool:
-        """Whether new imports wait now: for the daily quota's reset, or for the first usage.json answer."""
+    def holds(self, today: QuotaToday, settings: MarketoSettings, metrics: health.InstanceMetrics, now: float) -> bool:
+        """Whether new imports wait now: for the daily quota's reset, or a moment for the first usage.json answer."""
         paused = throttle.reserve_reached(today.used, quota=settings.daily_quota, reserve=settings.daily_reserve)
         why = _why(today, settings) if paused else None
         if paused and not self._paused:
@@ -96,7 +100,8 @@ class QuotaGuard:
         self._paused = paused
         metrics.set_quota(ours=today.ours, instance=today.instance, paused=why)
         # Before the first answer, the other integrations' calls are unknown: a moment's wait, not a pause.
-        return paused or (self.asking and not self._tried)
+        first = self._first_asked_at
+        return paused or (self.asking and not self._tried and first is not None and now < first + D.USAGE_FIRST_WAIT_S)
 
 
 def _why(today: QuotaToday, settings: MarketoSettings) -> str:

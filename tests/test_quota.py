@@ -228,21 +228,21 @@ class TestGuard:
         view = metrics.instance("default")
         guard = QuotaGuard()
         with structlog.testing.capture_logs() as logs:
-            assert not guard.holds(today(79), self.SETTINGS, view)
+            assert not guard.holds(today(79), self.SETTINGS, view, 1.0)
             for used in (80, 81, 85):
-                assert guard.holds(today(used, ours=5, instance=used - 1), self.SETTINGS, view)
-            assert not guard.holds(today(3), self.SETTINGS, view)  # the reset: the count fell
+                assert guard.holds(today(used, ours=5, instance=used - 1), self.SETTINGS, view, 1.0)
+            assert not guard.holds(today(3), self.SETTINGS, view, 1.0)  # the reset: the count fell
         events = [e["event"] for e in logs]
         assert events == ["daily_quota_reserve_reached_pausing_new_imports", "daily_quota_pause_over"]
         assert metrics.registry.get_sample_value("dropzone_api_calls_today", {"instance": "default"}) == 3
 
-        guard.holds(today(90, ours=10, instance=89), self.SETTINGS, view)
+        guard.holds(today(90, ours=10, instance=89), self.SETTINGS, view, 1.0)
         checks = {c.name: c for c in metrics.readiness()}
         assert checks["marketo_quota"].ok  # a deliberate pause, not a fault
         detail = checks["marketo_quota"].detail
         assert "90 of 100 calls" in detail and "2026-12-01 06:00 UTC" in detail and "keeps 20" in detail
         assert metrics.registry.get_sample_value("dropzone_instance_calls_today", {"instance": "default"}) == 89
-        guard.holds(today(1), self.SETTINGS, view)
+        guard.holds(today(1), self.SETTINGS, view, 1.0)
         assert "marketo_quota" not in {c.name for c in metrics.readiness()}
         nan = metrics.registry.get_sample_value("dropzone_instance_calls_today", {"instance": "default"})
         assert nan is not None and math.isnan(nan)
@@ -250,23 +250,24 @@ class TestGuard:
     def test_a_zero_reserve_never_pauses(self):
         view = health.Metrics().instance("default")
         zero = dataclasses.replace(self.SETTINGS, daily_reserve=0)
-        assert not QuotaGuard().holds(today(10_000), zero, view)
+        assert not QuotaGuard().holds(today(10_000), zero, view, 1.0)
 
     def test_usage_is_asked_every_interval_one_at_a_time_and_waited_for_once(self):
         view = health.Metrics().instance("default")
         guard = QuotaGuard(every=600, retry=60)
         assert guard.due(0.0)
-        guard.started()
+        guard.started(0.0)
         assert not guard.due(1.0)  # one at a time
-        assert guard.holds(today(0), self.SETTINGS, view)  # the first answer is waited for
+        assert guard.holds(today(0), self.SETTINGS, view, 1.0)  # the first answer is waited for
+        assert not guard.holds(today(0), self.SETTINGS, view, D.USAGE_FIRST_WAIT_S)  # a moment only
         guard.answered(None, 2.0)
-        assert not guard.holds(today(0), self.SETTINGS, view)
+        assert not guard.holds(today(0), self.SETTINGS, view, 1.0)
         assert not guard.due(601.0) and guard.due(602.0)
-        guard.started()
-        assert not guard.holds(today(0), self.SETTINGS, view)  # later ones are not
+        guard.started(0.0)
+        assert not guard.holds(today(0), self.SETTINGS, view, 1.0)  # later ones are not
         guard.answered(errors.TransientError("HTTP 503", code="HTTP 503"), 700.0)
         assert not guard.due(759.0) and guard.due(760.0)
-        guard.started()
+        guard.started(0.0)
         guard.answered(errors.WouldWaitError(120.0), 800.0)
         assert not guard.due(919.0) and guard.due(920.0)
 
@@ -275,19 +276,19 @@ class TestGuard:
         guard = QuotaGuard(every=1, retry=1)
         denied = errors.MisconfiguredError("Marketo denied access (603)", code="603")
         with structlog.testing.capture_logs() as logs:
-            guard.started()
+            guard.started(0.0)
             guard.answered(denied, 0.0)
             assert guard.denied and not guard.due(D.USAGE_DENIED_RETRY_S - 1) and guard.due(D.USAGE_DENIED_RETRY_S)
-            guard.started()
+            guard.started(0.0)
             guard.answered(denied, D.USAGE_DENIED_RETRY_S)
-            guard.started()
+            guard.started(0.0)
             guard.answered(None, 2 * D.USAGE_DENIED_RETRY_S)
         assert not guard.denied
         assert [e["event"] for e in logs] == ["usage_not_permitted_counting_our_calls_only", "usage_permitted_again"]
 
     def test_other_refusals_are_asked_again(self):
         guard = QuotaGuard(every=1, retry=1)
-        guard.started()
+        guard.started(0.0)
         guard.answered(errors.MisconfiguredError("no such resource (610)", code="610"), 0.0)
         assert not guard.denied and guard.due(1.0)
 
@@ -454,6 +455,17 @@ class TestEndToEnd:
         run_until(daemon, lambda: all((tmp_path / "outbox" / f"{n}.status.json").exists() for n in leads(3)))
         assert quota_check(daemon) is None
         assert daemon.client.calls_today() > 1  # the count survived the new client
+
+    def test_a_slow_usage_json_holds_new_imports_a_moment_only(self, tmp_path, simulator, quota_daemon, monkeypatch):
+        """Marketo answering usage.json slowly (its timeout is a minute) must not hold every import
+        for it: after USAGE_FIRST_WAIT_S they go on our own count while the call still runs."""
+        monkeypatch.setattr(D, "USAGE_FIRST_WAIT_S", 0.3)
+        simulator.inject("slow:3", endpoint="usage")
+        daemon = quota_daemon(simulator, quota=1000, reserve=100)
+        drop(tmp_path, "leads_00.csv", "email\ns@example.com\n")
+        run_until(daemon, lambda: simulator.submissions(), timeout=10.0)
+        assert daemon.dispatch.quota.asking  # sent before usage.json answered
+        assert [c["endpoint"] for c in simulator.calls()].count("usage") == 0  # still unanswered
 
     def test_a_603_on_usage_leaves_our_own_count(self, tmp_path, quota_daemon):
         """The API user may not read usage: asked once, told once, never again; no file waits or fails
