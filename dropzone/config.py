@@ -18,6 +18,7 @@ key.
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from dropzone.errors import ConfigError
 from dropzone.globs import compile_glob, literal_extension, sample_name
 from dropzone.instances import MarketoSettings, parse_instances
 from dropzone.kinds import FileFormat, LogFormat, LogLevel, ObjectKind, WatchMode
+from dropzone.mapping import constant_text, loose
 from dropzone.readiness import is_ignored_name
 from dropzone.schema import (
     Context,
@@ -57,6 +59,9 @@ class Route:
     ``format`` None means "from the file's extension, at routing time".
     ``marker`` is a suffix (``".done"``): the file is ready only once
     ``NAME<marker>`` exists. ``encoding`` None means the file is UTF-8.
+    ``columns``: (partner header name, Marketo field name, or None to drop
+    the column); ``constants``: (field name, text) added to every record
+    (``dropzone.mapping``).
     """
 
     match: str
@@ -74,6 +79,8 @@ class Route:
     #: Merge this route's small files with other pending ones of the same inbox, target, format and header
     #: into one import (each file still gets its own results).
     coalesce: bool = True
+    columns: tuple[tuple[str, str | None], ...] = ()
+    constants: tuple[tuple[str, str], ...] = ()
     #: The Marketo instance (a name from ``marketo``/``instances``): the route's own, else its inbox's.
     instance: str = D.DEFAULT_INSTANCE
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
@@ -122,6 +129,10 @@ class Route:
             marker=self.marker, trim_header=self.trim_header, encoding=self.encoding, instance=self.instance,
             coalesce=self.coalesce,
         )
+        if self.columns:
+            out["columns"] = dict(self.columns)
+        if self.constants:
+            out["constants"] = dict(self.constants)
         return out
 
 
@@ -219,7 +230,9 @@ _TOP_KEYS = ("marketo", "state_dir", "instances", "inboxes", "split_max_bytes", 
 _INBOX_KEYS = (
     "path", "outbox", "archive", "routes", "watch", "scan_interval", "quiet_period", "stale_partial_after", "instance"
 )
-_ROUTE_COMMON_KEYS = ("match", "object", "format", "marker", "trim_header", "encoding", "instance", "coalesce")
+_ROUTE_COMMON_KEYS = (
+    "match", "object", "format", "marker", "trim_header", "encoding", "instance", "coalesce", "columns", "constants"
+)
 _ROUTE_PARAM_KEYS: Final[dict[ObjectKind, tuple[str, ...]]] = {
     ObjectKind.LEADS: ("lookupField", "listId", "partitionName"),
     ObjectKind.CUSTOM_OBJECT: ("apiName",),
@@ -401,6 +414,7 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
             program_id=s.integer("programId", low=1),
             program_member_status=s.string("programMemberStatus"),
         )
+    columns = _columns(s)
     return Route(
         match=match,
         object=kind,
@@ -410,8 +424,89 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
         encoding=encoding,
         coalesce=s.boolean("coalesce", True),
         instance=_instance(s, names, inbox_instance) or inbox_instance,
+        columns=columns,
+        constants=_constants(s, columns),
         **params,
     )
+
+
+def _item(s: Section, key: str, name: str) -> str:
+    """The key path of one entry of a mapping whose keys are free text: ``routes[0].columns["First Name"]``."""
+    return f"{s.key(key)}[{json.dumps(name, ensure_ascii=False)}]"
+
+
+def _field_name(s: Section, where: str, value: object, what: str) -> str:
+    """A Marketo field name as the route gives it: a string Marketo can take as a header name."""
+    if not isinstance(value, str):
+        raise s.ctx.error(where, f"expected {what}, got {describe(value)}")
+    if not value.strip():
+        raise s.ctx.error(where, "must not be empty")
+    if value != value.strip():
+        raise s.ctx.error(where, f"{value!r} has spaces around it: Marketo would fail every row")
+    if "\n" in value or "\r" in value:
+        raise s.ctx.error(where, f"{value!r} has a line break")
+    return str(value)
+
+
+def _mapping(s: Section, key: str) -> dict[object, object]:
+    raw = s.raw(key)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise s.error(key, f"expected a mapping of names, got {describe(raw)}")
+    for name in raw:
+        if not isinstance(name, str):
+            raise s.error(key, f"names must be strings (quote {name!r}), got {describe(name)}")
+        if not name.strip():
+            raise s.error(key, "names must not be empty")
+    return raw
+
+
+def _columns(s: Section) -> tuple[tuple[str, str | None], ...]:
+    """``columns``: partner header name → Marketo field name, or null to drop the column."""
+    columns: list[tuple[str, str | None]] = []
+    by_loose: dict[str, str] = {}
+    by_target: dict[str, str] = {}
+    for name, value in _mapping(s, "columns").items():
+        assert isinstance(name, str)  # _mapping checked
+        where = _item(s, "columns", name)
+        other = by_loose.setdefault(loose(name), name)
+        if other != name:
+            raise s.ctx.error(
+                where,
+                f"matches the same header names as {_item(s, 'columns', other)} (names are matched "
+                "ignoring case and spaces around them when none matches exactly)",
+            )
+        if value is None:
+            columns.append((name, None))
+            continue
+        target = _field_name(s, where, value, "a Marketo field name, or null to drop the column")
+        first = by_target.setdefault(target, name)
+        if first != name:
+            raise s.ctx.error(
+                where, f"{target!r} is already the field of {_item(s, 'columns', first)}: one field, one column"
+            )
+        columns.append((name, target))
+    return tuple(columns)
+
+
+def _constants(s: Section, columns: tuple[tuple[str, str | None], ...]) -> tuple[tuple[str, str], ...]:
+    """``constants``: Marketo field name → a scalar, sent as text in every record."""
+    targets = {target: name for name, target in columns if target is not None}
+    constants: list[tuple[str, str]] = []
+    for name, value in _mapping(s, "constants").items():
+        assert isinstance(name, str)  # _mapping checked
+        where = _item(s, "constants", name)
+        _field_name(s, where, name, "a Marketo field name")
+        if name in targets:
+            raise s.ctx.error(where, f"is also the field of {_item(s, 'columns', targets[name])}: one field, one value")
+        text = constant_text(value)
+        if text is None:
+            raise s.ctx.error(where, f"expected text, a number or true/false, got {describe(value)}")
+        if "\n" in text or "\r" in text:
+            raise s.ctx.error(where, "has a line break: a constant is one line of text")
+        constants.append((name, text))
+    return tuple(constants)
 
 
 def _marker(s: Section) -> str | None:

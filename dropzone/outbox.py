@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from dropzone.kinds import FileFormat
+from dropzone.mapping import LineMap, ReverseMap, line_map_path
+from dropzone.rewriting import RowWriter
 
 SCHEMA_VERSION = 1
 SOURCE_LINE_COLUMN = "Source Line"
@@ -138,14 +140,19 @@ def count_rows(body: bytes, *, fmt: FileFormat | str) -> int:
     return max(len(rows) - 1, 0)
 
 
-def merge_rows(pieces: Sequence[ChunkRows], *, fmt: FileFormat | str) -> tuple[bytes | None, int]:
+def merge_rows(
+    pieces: Sequence[ChunkRows], *, fmt: FileFormat | str, reverse: ReverseMap | None = None
+) -> tuple[bytes | None, int]:
     """One file from the chunks' failure (or warning) files: one header, rows in order, each with its source line.
 
     Marketo echoes the submitted header plus its reason column, and the
     submitted values of each affected row, with no row number. The source
-    line is found by matching the row's values against the chunk as sent;
-    a row that matches nothing (Marketo is known to drop columns in some
-    failure rows) gets an empty source line rather than a guess.
+    line is found by matching the row's values against the chunk as sent
+    (and its line map, where mapped columns dropped line breaks); a row
+    that matches nothing (Marketo is known to drop columns in some failure
+    rows) gets an empty source line rather than a guess. ``reverse`` (a
+    route's column mapping) gives the partner's column names back and
+    removes the constant columns, once the rows are matched.
 
     Returns the bytes (None when there are no rows) and the row count.
     """
@@ -161,31 +168,38 @@ def merge_rows(pieces: Sequence[ChunkRows], *, fmt: FileFormat | str) -> tuple[b
             header = rows[0]
         data = [r for r in rows[1:] if r]
         lines = _source_lines(piece.chunk_path, piece.first_line, delimiter, [tuple(r[:-1]) for r in data])
+        if reverse:
+            _, data = reverse.apply(rows[0], data)
         out_rows.extend([*row, str(line) if line else ""] for row, line in zip(data, lines, strict=True))
     if header is None or not out_rows:
         return None, 0
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\r\n" if fmt == FileFormat.CSV else "\n")
-    writer.writerow([*header, SOURCE_LINE_COLUMN])
-    writer.writerows(out_rows)
-    return buffer.getvalue().encode("utf-8"), len(out_rows)
+    if reverse:
+        header, _ = reverse.apply(header, [])
+    write = RowWriter(delimiter, "\r\n" if fmt == FileFormat.CSV else "\n")
+    text = write([*header, SOURCE_LINE_COLUMN]) + "".join(map(write, out_rows))
+    return text.encode("utf-8"), len(out_rows)
 
 
 def _source_lines(chunk_path: Path, first_line: int, delimiter: str, wanted: list[tuple[str, ...]]) -> list[int | None]:
-    """Source line of each wanted row, streaming the chunk so memory stays bounded by ``wanted``."""
+    """Source line of each wanted row, streaming the chunk so memory stays bounded by ``wanted``.
+
+    Physical lines are counted as the splitter counts them: line feeds only
+    (a lone CR inside a quoted value starts no line).
+    """
     positions: dict[tuple[str, ...], list[int]] = {key: [] for key in wanted}
     try:
-        with open(chunk_path, encoding="utf-8", newline="") as handle:
+        lines = _line_map(chunk_path)
+        with open(chunk_path, encoding="utf-8", newline="\n") as handle:
             reader = csv.reader(handle, delimiter=delimiter)
             next(reader, None)  # header
-            consumed = reader.line_num
+            header_lines = consumed = reader.line_num
             for row in reader:
-                start = first_line + (consumed - 1)
+                start = lines.source_line(first_line, consumed - header_lines)
                 consumed = reader.line_num
                 key = tuple(row)
                 if key in positions:
                     positions[key].append(start)
-    except (OSError, UnicodeDecodeError, csv.Error):
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError):
         return [None] * len(wanted)
     taken: dict[tuple[str, ...], int] = {}
     result: list[int | None] = []
@@ -195,6 +209,14 @@ def _source_lines(chunk_path: Path, first_line: int, delimiter: str, wanted: lis
         result.append(found[i] if i < len(found) else None)
         taken[key] = i + 1
     return result
+
+
+def _line_map(chunk_path: Path) -> LineMap:
+    """The chunk's line map (none: its lines are the source's). ``ValueError`` if it is unreadable."""
+    try:
+        return LineMap.decode(line_map_path(chunk_path).read_bytes())
+    except FileNotFoundError:
+        return LineMap()
 
 
 def build_status(

@@ -9,6 +9,16 @@ trimmed header names are written by the splitter itself. The chunks, the
 serialised import target and the notes are journalled in one transaction
 (``split``); from then on the file is the dispatch stage's.
 
+A route's ``columns``/``constants`` (``dropzone.mapping``) are applied here,
+while the file is split: the header check builds the plan, a rename changes
+only the header (records are still copied byte for byte), a drop or a
+constant rewrites the records (``dropzone.rewriting``). What the outbox
+needs to speak the partner's names again, and each drifting chunk's line
+map, are written beside the chunks before the split is journalled. The
+names sent pass through ``Prepare.header_names`` last: the one place where a
+pre-flight may still respell them (as Marketo spells its fields) or refuse
+them.
+
 A file Marketo must not see is ``Rejected`` with a message naming the line;
 a full or broken work area (a disk problem, not the partner's) keeps the
 file claimed and tries again later.
@@ -28,7 +38,7 @@ from typing import BinaryIO
 import structlog
 
 from dropzone import defaults as D
-from dropzone import health, outbox, routing, safefs, splitting
+from dropzone import health, mapping, outbox, routing, safefs, splitting
 from dropzone.config import Inbox, Route
 from dropzone.errors import InputError, StoreError
 from dropzone.jobs import FileState, Outcome
@@ -43,15 +53,33 @@ def work_dir(state_dir: Path, file_id: int) -> Path:
     return state_dir / "work" / str(file_id)
 
 
-def check_header(relpath: str, route: Route, fields: list[str], notes: list[str]) -> list[str]:
-    """Refuse headers Marketo would fail row by row; return the names to send.
+#: The seam where the names sent can still be adjusted after mapping: ``(route, names, notes)`` →
+#: the names to send, one per name given (e.g. as Marketo spells its fields), or ``InputError``.
+HeaderNames = Callable[[Route, list[str], list[str]], list[str]]
 
-    Pure: ``notes`` collects what the status file should say about changes.
+
+def keep_names(route: Route, names: list[str], notes: list[str]) -> list[str]:
+    """The default ``HeaderNames``: the mapped names as they are."""
+    return names
+
+
+def check_header(
+    relpath: str, route: Route, fields: list[str], notes: list[str], header_names: HeaderNames = keep_names
+) -> mapping.Plan:
+    """Refuse headers Marketo would fail row by row; return the plan of what to send.
+
+    Pure (unless ``header_names`` is not): ``notes`` collects what the status
+    file should say about changes. The route's ``columns`` are applied
+    first; the checks of names as the partner wrote them (spaces around them,
+    empty ones) then apply to the columns passing through unchanged; then
+    ``header_names`` may respell the names to send.
     """
     shown = outbox.printable(relpath)
     if not any(name.strip() for name in fields):
         raise InputError(f"{shown}: line 1 is empty; the first line must be the header", line=1)
-    padded = [name for name in fields if name != name.strip()]
+    with _naming(shown):
+        plan = mapping.build_plan(fields, route.columns, route.constants)
+    padded = [name for _, name in plan.passthrough() if name != name.strip()]
     if padded:
         if not route.trim_header:
             listed = ", ".join(repr(n) for n in padded)
@@ -60,23 +88,37 @@ def check_header(relpath: str, route: Route, fields: list[str], notes: list[str]
                 "fail every row; remove the spaces (or set trim_header on the route)",
                 line=1,
             )
-        fields = [name.strip() for name in fields]
+        plan = plan.trimmed()
         notes.append("spaces around header names were removed (trim_header)")
-    empty = [i + 1 for i, name in enumerate(fields) if not name]
+    empty = [i + 1 for i, name in plan.passthrough() if not name.strip()]
     if empty:
         raise InputError(f"{shown}: header column {empty[0]} on line 1 has no name", line=1)
-    seen: set[str] = set()
-    for name in fields:
-        if name in seen:
-            raise InputError(f"{shown}: header column {name!r} appears twice on line 1", line=1)
-        seen.add(name)
-    if route.object is ObjectKind.PROGRAM_MEMBER and "email" not in {n.lower() for n in fields}:
+    with _naming(shown):
+        plan.check_unique()
+    if plan.missing:
+        listed = ", ".join(repr(n) for n in plan.missing)
+        notes.append(f"columns listed in the route's columns but not in this file: {listed}")
+    names = header_names(route, list(plan.names), notes)
+    if names != list(plan.names):
+        with _naming(shown):
+            plan = plan.respelled(names)
+            plan.check_unique()
+    if route.object is ObjectKind.PROGRAM_MEMBER and "email" not in {n.lower() for n in plan.names}:
         raise InputError(
             f"{shown}: program member files need an 'email' column (Marketo deduplicates on it); "
-            f"line 1 has {', '.join(fields)}",
+            f"line 1 has {', '.join(plan.names)}",
             line=1,
         )
-    return fields
+    return plan
+
+
+@contextlib.contextmanager
+def _naming(shown: str) -> Iterator[None]:
+    """``mapping``'s refusals, which name no file, with the file's name."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(f"{shown}: {exc}", line=exc.line) from None
 
 
 class _StillWrittenError(Exception):
@@ -115,6 +157,8 @@ class Prepare:
     heartbeat: Callable[[], None] = lambda: None
     #: The configured folders' real paths at start (``Daemon.pins``).
     pins: dict[Path, str] = field(default_factory=dict)
+    #: The seam after mapping: the names sent, as a pre-flight would have them (``check_header``).
+    header_names: HeaderNames = keep_names
     #: Claimed files that changed after their claim, by file id: split once they stop changing.
     _growing: dict[int, _Growing] = field(default_factory=dict)
 
@@ -197,7 +241,18 @@ class Prepare:
                 handle.flush()
                 os.fsync(handle.fileno())
 
+        def save_line_map(index: int, lines: mapping.LineMap) -> None:
+            outbox.atomic_write(mapping.line_map_path(work / f"{stem}.part{index:04d}"), lines.encode())
+
         notes: list[str] = []
+        plans: list[mapping.Plan] = []
+
+        def header_check(fields: list[str]) -> list[str] | mapping.Plan:
+            plan = check_header(row.relpath, match.route, fields, notes, self.header_names)
+            plans.append(plan)
+            # A rename alone: only the header changes, the records are copied as they are.
+            return plan if plan.rewrites_records else list(plan.names)
+
         growing = self._growing.get(row.id)
         expected = (growing.size, growing.mtime_ns) if growing else (row.size, None)
         with self._open_original(row) as source:
@@ -211,7 +266,8 @@ class Prepare:
                     fmt=match.format,
                     max_bytes=self.split_max_bytes,
                     encoding=match.route.encoding,
-                    header_check=lambda fields: check_header(row.relpath, match.route, fields, notes),
+                    header_check=header_check,
+                    line_map=save_line_map,
                 )
             finally:
                 # Also when the split refused it: a half-written last record is no reason to reject.
@@ -221,6 +277,10 @@ class Prepare:
                     before.st_size, before.st_mtime_ns, before.st_ctime_ns
                 ):
                     raise _StillWrittenError(after.st_size, after.st_mtime_ns)
+        reverse = plans[0].reverse() if plans else None
+        if reverse:
+            # With the chunks, not the configuration: a reload before the report must not change it.
+            outbox.atomic_write(work / mapping.REVERSE_MAP_NAME, reverse.encode())
         if self._growing.pop(row.id, None) is not None:
             notes.append(
                 "the file changed after it was claimed (it was still being written): it was imported "

@@ -13,6 +13,11 @@ Distrust: result files for ``sub/NAME`` go to ``sub/`` of the partner's
 a partner who plants a symlink there only keeps their own results from
 reaching them: they are kept in ``state_dir/undeliverable/`` and logged.
 The archive is the daemon's: its folders are created or verified as ours.
+
+A file split under a route's column mapping gets its failures and warnings
+files in the partner's column names: the reverse map the prepare stage left
+in the file's work area (not the configuration, which may have been
+reloaded since) renames the columns back and removes the constant ones.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from dropzone import __version__, health, jobs, outbox, safefs
+from dropzone import __version__, health, jobs, mapping, outbox, safefs
 from dropzone.config import Inbox
 from dropzone.intake import MARKER_SUFFIX_IN_PROCESSING
 from dropzone.jobs import ChunkState, FileState, Outcome
@@ -157,6 +162,7 @@ class Report:
                 row = self.store.file(row.id)
             status_name, failures_name, warnings_name = row.outbox_files or ["", "", ""]
             chunks = self.store.chunks_of(row.id)
+            reverse = self._reverse_map(row)
             written: dict[str, str | None] = {"failures": None, "warnings": None}
             for kind, name in (("failures", failures_name), ("warnings", warnings_name)):
                 pieces = []
@@ -164,7 +170,7 @@ class Report:
                     path = c.failures_path if kind == "failures" else c.warnings_path
                     if path is not None and path.exists():
                         pieces.append(outbox.ChunkRows(c.path, c.first_line, path.read_bytes()))
-                data, _count = outbox.merge_rows(pieces, fmt=fmt) if pieces else (None, 0)
+                data, _count = outbox.merge_rows(pieces, fmt=fmt, reverse=reverse) if pieces else (None, 0)
                 if data is not None:
                     out.atomic_write(name, data, create_dirs=True)
                     written[kind] = Path(name).name
@@ -205,6 +211,18 @@ class Report:
             warned=doc["rowsWithWarning"],
             batches=[b.get("batchId") for b in batches],
         )
+
+    def _reverse_map(self, row: FileRow) -> mapping.ReverseMap | None:
+        """The column mapping the file was split with, to undo in its result files (None: it had none)."""
+        path = work_dir(self.state_dir, row.id) / mapping.REVERSE_MAP_NAME
+        try:
+            return mapping.ReverseMap.decode(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            # The results still go out, under the names as sent: better than none.
+            log.error("reverse_map_unreadable", error=str(exc))
+            return None
 
     @staticmethod
     def _route_doc(row: FileRow) -> dict[str, Any] | None:

@@ -47,10 +47,12 @@ from dropzone.errors import ConfigError, SplitError
 from dropzone.fastcut import Copy, SourceFile, write_all
 from dropzone.kinds import FileFormat
 from dropzone.records import LF, Quotes, first_boundary, last_boundary
+from dropzone.rewriting import LineMapSink, RecordMap, RecordRewriter
 
-#: Sees the header's field names before any chunk is written; returns the
-#: names to write (e.g. trimmed) or raises ``InputError`` to refuse the file.
-HeaderCheck = Callable[[list[str]], list[str]]
+#: Sees the header's field names before any chunk is written; returns the names to write
+#: (e.g. trimmed; records copied as they are), or a ``RecordMap`` (records rewritten:
+#: ``dropzone.rewriting``), or raises ``InputError`` to refuse the file.
+HeaderCheck = Callable[[list[str]], list[str] | RecordMap]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +95,15 @@ def split(
     encoding: str | None = None,
     block_size: int = D.SPLIT_BLOCK_BYTES,
     header_check: HeaderCheck | None = None,
+    line_map: LineMapSink | None = None,
 ) -> SplitResult:
     """Split ``source`` into chunks written through ``open_chunk(index)``.
 
     ``encoding`` names the source encoding when it is not UTF-8; chunks are
     then transcoded to UTF-8. ``header_check`` sees the header before any
     chunk is written; names it changes are written to every chunk (quoted
-    as needed, the header's own line ending kept). Raises ``SplitError``
+    as needed, the header's own line ending kept); a ``RecordMap`` rewrites every record, and
+    ``line_map`` gets the line map of each chunk whose lines drift. Raises ``SplitError``
     (with ``line``) for files that cannot be cut into valid chunks; chunks
     already written are left to the caller (``open_chunk``'s context manager
     sees the exception).
@@ -109,7 +113,7 @@ def split(
         raise ValueError(f"max_bytes must be at least 2, not {max_bytes}")
     if block_size < 1:
         raise ValueError(f"block_size must be positive, not {block_size}")
-    return _Splitter(source, open_chunk, delimiter, max_bytes, encoding, block_size, header_check).run()
+    return _Splitter(source, open_chunk, delimiter, max_bytes, encoding, block_size, header_check, line_map).run()
 
 
 def scan(
@@ -271,8 +275,9 @@ class _Splitter:
         encoding: str | None,
         block_size: int,
         header_check: HeaderCheck | None = None,
+        line_map: LineMapSink | None = None,
     ) -> None:
-        self.header_check = header_check
+        self.header_check, self.line_map = header_check, line_map
         self.source = source
         self.open_chunk = open_chunk
         self.delimiter = delimiter
@@ -429,8 +434,11 @@ class _Splitter:
         else:
             offset = self.skipped + len(header)
         data_line = 1 + header.count(b"\n")  # physical line of data[0]; the header starts line 1
+        rewrite: RecordMap | None = None
         if self.header_check is not None:
             wanted = self.header_check(list(header_fields))
+            if not isinstance(wanted, list):
+                rewrite, wanted = wanted, list(wanted.names)
             if wanted != header_fields:
                 header = self._rewrite_header(header, wanted)
                 header_fields = wanted
@@ -441,7 +449,9 @@ class _Splitter:
                 f"records under max_bytes={self.max_bytes}",
                 line=1,
             )
-        writer = self.writer = _ChunkWriter(self.open_chunk, header, self.max_bytes, self.file)
+        writer = self.writer = _ChunkWriter(self.open_chunk, header, self.max_bytes, None if rewrite else self.file)
+        rewriter = None if rewrite is None else RecordRewriter(rewrite, self.delimiter.decode(), header, writer, meter,
+            self.line_map, lambda line: self._too_big(line, max_record, " (once its columns are mapped)"))
         total_rows = 0
         last_byte = -1
         while True:
@@ -468,6 +478,9 @@ class _Splitter:
                     end, end_ord = 0, 0
             view = memoryview(data)
             i, i_ord = 0, 0
+            if rewriter is not None and end:
+                rows, offset = rewriter.feed(data, end, end_ord, q, data_line, offset)
+                total_rows, last_byte, i = total_rows + rows, data[end - 1], end
             while i < end:
                 room = writer.room
                 if end - i <= room:
@@ -506,7 +519,7 @@ class _Splitter:
                         'is still open: probably an unmatched " character'
                     )
                 raise self._too_big(data_line, max_record, hint)
-        writer.finish()
+        (rewriter or writer).finish()
         if total_rows == 0:
             raise SplitError("the file has a header line but no data records", line=1)
         return SplitResult(

@@ -735,8 +735,11 @@ class TestLoad:
         cfg = load(REPO / "config.example.yaml")
         assert cfg.marketo.endpoint == "http://127.0.0.1:8788"
         assert cfg.state_dir == REPO / "demo" / "state"
-        assert [r.object for r in cfg.inboxes[0].routes] == [ObjectKind.LEADS, *ObjectKind]
-        assert [r.instance for r in cfg.inboxes[0].routes] == ["sandbox", "default", "default", "default"]
+        assert [r.object for r in cfg.inboxes[0].routes] == [ObjectKind.LEADS, ObjectKind.LEADS, *ObjectKind]
+        assert [r.instance for r in cfg.inboxes[0].routes] == ["sandbox", "default", "default", "default", "default"]
+        expo = cfg.inboxes[0].routes[2]
+        assert expo.columns == (("E-mail Address", "email"), ("First Name", "firstName"), ("Internal Ref", None))
+        assert expo.constants == (("leadSource", "Expo 2026"),)
         assert cfg.instances["sandbox"].endpoint == "http://127.0.0.1:8789"
 
     def test_the_example_config_documents_every_key(self) -> None:
