@@ -74,6 +74,8 @@ class Route:
     #: Merge this route's small files with other pending ones of the same inbox, target, format and header
     #: into one import (each file still gets its own results).
     coalesce: bool = True
+    #: Check the header against Marketo's describe before the file takes a queue slot (``gate``, ``fieldcheck``).
+    preflight: bool = D.PREFLIGHT
     #: The Marketo instance (a name from ``marketo``/``instances``): the route's own, else its inbox's.
     instance: str = D.DEFAULT_INSTANCE
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
@@ -120,7 +122,7 @@ class Route:
         out["format"] = self.format.value if self.format else None
         out.update(
             marker=self.marker, trim_header=self.trim_header, encoding=self.encoding, instance=self.instance,
-            coalesce=self.coalesce,
+            coalesce=self.coalesce, preflight=self.preflight,
         )
         return out
 
@@ -219,7 +221,9 @@ _TOP_KEYS = ("marketo", "state_dir", "instances", "inboxes", "split_max_bytes", 
 _INBOX_KEYS = (
     "path", "outbox", "archive", "routes", "watch", "scan_interval", "quiet_period", "stale_partial_after", "instance"
 )
-_ROUTE_COMMON_KEYS = ("match", "object", "format", "marker", "trim_header", "encoding", "instance", "coalesce")
+_ROUTE_COMMON_KEYS = (
+    "match", "object", "format", "marker", "trim_header", "encoding", "instance", "coalesce", "preflight"
+)
 _ROUTE_PARAM_KEYS: Final[dict[ObjectKind, tuple[str, ...]]] = {
     ObjectKind.LEADS: ("lookupField", "listId", "partitionName"),
     ObjectKind.CUSTOM_OBJECT: ("apiName",),
@@ -401,6 +405,8 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
             program_id=s.integer("programId", low=1),
             program_member_status=s.string("programMemberStatus"),
         )
+        if params["program_member_status"].strip().casefold() == D.NOT_IN_PROGRAM.casefold():
+            raise s.error("programMemberStatus", f'"{D.NOT_IN_PROGRAM}" is never a valid status for an import')
     return Route(
         match=match,
         object=kind,
@@ -409,6 +415,7 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
         trim_header=s.boolean("trim_header", False),
         encoding=encoding,
         coalesce=s.boolean("coalesce", True),
+        preflight=s.boolean("preflight", D.PREFLIGHT),
         instance=_instance(s, names, inbox_instance) or inbox_instance,
         **params,
     )

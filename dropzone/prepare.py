@@ -28,9 +28,11 @@ from typing import BinaryIO
 import structlog
 
 from dropzone import defaults as D
-from dropzone import health, outbox, routing, safefs, splitting
+from dropzone import fieldcheck, health, outbox, routing, safefs, splitting
 from dropzone.config import Inbox, Route
-from dropzone.errors import InputError, StoreError
+from dropzone.describe import Schema
+from dropzone.errors import InputError, StoreError, UnknownFieldError
+from dropzone.gate import Gate, Preflight
 from dropzone.jobs import FileState, Outcome
 from dropzone.kinds import ObjectKind
 from dropzone.store import FileRow, NewChunk, Store
@@ -43,10 +45,13 @@ def work_dir(state_dir: Path, file_id: int) -> Path:
     return state_dir / "work" / str(file_id)
 
 
-def check_header(relpath: str, route: Route, fields: list[str], notes: list[str]) -> list[str]:
+def check_header(
+    relpath: str, route: Route, fields: list[str], notes: list[str], schema: Schema | None = None
+) -> list[str]:
     """Refuse headers Marketo would fail row by row; return the names to send.
 
-    Pure: ``notes`` collects what the status file should say about changes.
+    Pure: ``notes`` collects what the status file should say about changes. ``schema``: Marketo's
+    describe of the route's object (``gate``), checked last; None checks no field names.
     """
     shown = outbox.printable(relpath)
     if not any(name.strip() for name in fields):
@@ -76,6 +81,14 @@ def check_header(relpath: str, route: Route, fields: list[str], notes: list[str]
             f"line 1 has {', '.join(fields)}",
             line=1,
         )
+    # ---- Pre-flight (route key `preflight`): the names, after any mapping above, against Marketo's
+    # describe; sent as Marketo spells them. Unknown columns raise UnknownFieldError (see _prepare_one).
+    if schema is not None:
+        checked = fieldcheck.check(schema, route.target(), fields, shown=shown)
+        renamed = fieldcheck.renamed_note(fields, checked)
+        if renamed is not None:
+            notes.append(renamed)
+        fields = checked
     return fields
 
 
@@ -115,18 +128,38 @@ class Prepare:
     heartbeat: Callable[[], None] = lambda: None
     #: The configured folders' real paths at start (``Daemon.pins``).
     pins: dict[Path, str] = field(default_factory=dict)
+    #: Target checks and describes (``gate``); None splits every file unchecked by Marketo.
+    preflight: Preflight | None = None
     #: Claimed files that changed after their claim, by file id: split once they stop changing.
     _growing: dict[int, _Growing] = field(default_factory=dict)
+    #: Files that named an unknown column and waited for a fresh describe: rejected if they still do.
+    _rechecked: set[int] = field(default_factory=set)
 
     def run_once(self, now: float) -> bool:
         """Split up to a few claimed files; True when one moved on."""
-        busy = False
-        rows = [r for r in self.store.files([FileState.CLAIMED]) if self._settled(r, now)]
-        for row in rows[: D.PREPARES_PER_PASS]:
-            self.heartbeat()
+        busy = self.preflight.run_once(now) if self.preflight is not None else False
+        started = 0
+        for row in self.store.files([FileState.CLAIMED]):
+            if started >= D.PREPARES_PER_PASS:
+                break
+            if not self._settled(row, now):
+                continue
             with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath):
-                busy |= self._prepare_one(row, now)
+                gated = self._gate(row, now)
+                if gated is not None and not gated[1].go:
+                    continue  # held (a wrong target) or waiting for Marketo: not busy, the answer wakes the loop
+                started += 1
+                self.heartbeat()
+                busy |= self._prepare_one(row, now, gated)
         return busy
+
+    def _gate(self, row: FileRow, now: float) -> tuple[Route, Gate] | None:
+        """The file's route and what ``Preflight`` says of it; None when there is no route (rejected by _split)."""
+        inbox = self.inbox_of(row.inbox) if self.preflight is not None else None
+        match = routing.route(inbox.routes, row.relpath) if inbox is not None else None
+        if self.preflight is None or match is None or isinstance(match, routing.NoMatch):
+            return None
+        return match.route, self.preflight.gate(match.route, now)
 
     def _settled(self, row: FileRow, now: float) -> bool:
         """False while a file that changed after its claim is within a new quiet period."""
@@ -136,9 +169,9 @@ class Prepare:
         inbox = self.inbox_of(row.inbox)
         return now >= growing.since + (inbox.quiet_period if inbox else 0.0)
 
-    def _prepare_one(self, row: FileRow, now: float) -> bool:
+    def _prepare_one(self, row: FileRow, now: float, gated: tuple[Route, Gate] | None = None) -> bool:
         try:
-            self._split(row)
+            self._split(row, gated[1] if gated is not None else None)
         except _StillWrittenError as exc:
             # A writer that kept its handle open (one we could not see) is still writing into the
             # claimed file: what was split is thrown away; it is split again once it stops changing.
@@ -147,6 +180,15 @@ class Prepare:
                 log.warning("file_changed_after_claim_waiting", bytes=exc.size)
             self._growing[row.id] = _Growing(exc.size, exc.mtime_ns, since=now)
             return False
+        except UnknownFieldError as exc:
+            if (row.id not in self._rechecked and gated is not None and self.preflight is not None
+                    and self.preflight.recheck(gated[0], now)):
+                # The describe is a few minutes old: an admin may just have added the field. Asked once more first.
+                self._rechecked.add(row.id)
+                shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
+                return False
+            log.info("file_rejected", reason=str(exc), line=exc.line)
+            self._reject(row, str(exc), exc.line)
         except InputError as exc:
             log.info("file_rejected", reason=str(exc), line=exc.line)
             self._reject(row, str(exc), exc.line)
@@ -167,10 +209,11 @@ class Prepare:
         return True
 
     def _reject(self, row: FileRow, message: str, line: int | None) -> None:
+        self._rechecked.discard(row.id)
         shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
         self.store.settle(row.id, Outcome.REJECTED, error=message, line=line)
 
-    def _split(self, row: FileRow) -> None:
+    def _split(self, row: FileRow, gate: Gate | None = None) -> None:
         inbox = self.inbox_of(row.inbox)
         if inbox is None:
             raise InputError(f"{outbox.printable(row.relpath)}: its inbox is no longer configured")
@@ -197,7 +240,8 @@ class Prepare:
                 handle.flush()
                 os.fsync(handle.fileno())
 
-        notes: list[str] = []
+        notes: list[str] = [gate.note] if gate is not None and gate.note else []
+        schema = gate.schema if gate is not None else None
         growing = self._growing.get(row.id)
         expected = (growing.size, growing.mtime_ns) if growing else (row.size, None)
         with self._open_original(row) as source:
@@ -211,7 +255,7 @@ class Prepare:
                     fmt=match.format,
                     max_bytes=self.split_max_bytes,
                     encoding=match.route.encoding,
-                    header_check=lambda fields: check_header(row.relpath, match.route, fields, notes),
+                    header_check=lambda fields: check_header(row.relpath, match.route, fields, notes, schema),
                 )
             finally:
                 # Also when the split refused it: a half-written last record is no reason to reject.
@@ -249,6 +293,7 @@ class Prepare:
             # The header as every chunk starts with it: only chunks with the same bytes share an import.
             header=result.header if match.route.coalesce else None,
         )
+        self._rechecked.discard(row.id)
         self.metrics.file_split(len(chunks))
         log.info("file_split", chunks=len(chunks), rows=result.rows)
 
