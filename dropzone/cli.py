@@ -41,10 +41,12 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    """Validate the configuration, the folders and (unless --offline) the credentials."""
+    """Validate the configuration, the folders and (unless --offline) the credentials, the reads pre-flight
+    needs and the import targets (``access``)."""
     import dataclasses
     import json
 
+    from dropzone import access
     from dropzone.marketo import MarketoClient
     from dropzone.preflight import check_paths
 
@@ -62,11 +64,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
         try:
             client.check_credentials()
             print(f"marketo instance {name}: credentials accepted by Identity")
+            report = access.check_instance(client, cfg)
         except DropzoneError as exc:
             refused += 1
             print(f"problem: marketo instance {name}: {exc}", file=sys.stderr)
+            continue
         finally:
             client.close()
+        for line in report.fine:
+            print(line)
+        for line in report.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        for line in report.problems:
+            print(f"problem: {line}", file=sys.stderr)
+        refused += len(report.problems)
     if refused:
         return 1
     print("configuration OK")

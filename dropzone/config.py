@@ -81,6 +81,8 @@ class Route:
     coalesce: bool = True
     columns: tuple[tuple[str, str | None], ...] = ()
     constants: tuple[tuple[str, str], ...] = ()
+    #: Check the header against Marketo's describe before the file takes a queue slot (``gate``, ``fieldcheck``).
+    preflight: bool = D.PREFLIGHT
     #: The Marketo instance (a name from ``marketo``/``instances``): the route's own, else its inbox's.
     instance: str = D.DEFAULT_INSTANCE
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
@@ -127,7 +129,7 @@ class Route:
         out["format"] = self.format.value if self.format else None
         out.update(
             marker=self.marker, trim_header=self.trim_header, encoding=self.encoding, instance=self.instance,
-            coalesce=self.coalesce,
+            coalesce=self.coalesce, preflight=self.preflight,
         )
         if self.columns:
             out["columns"] = dict(self.columns)
@@ -231,7 +233,8 @@ _INBOX_KEYS = (
     "path", "outbox", "archive", "routes", "watch", "scan_interval", "quiet_period", "stale_partial_after", "instance"
 )
 _ROUTE_COMMON_KEYS = (
-    "match", "object", "format", "marker", "trim_header", "encoding", "instance", "coalesce", "columns", "constants"
+    "match", "object", "format", "marker", "trim_header", "encoding", "instance", "coalesce", "preflight",
+    "columns", "constants",
 )
 _ROUTE_PARAM_KEYS: Final[dict[ObjectKind, tuple[str, ...]]] = {
     ObjectKind.LEADS: ("lookupField", "listId", "partitionName"),
@@ -414,6 +417,8 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
             program_id=s.integer("programId", low=1),
             program_member_status=s.string("programMemberStatus"),
         )
+        if params["program_member_status"].strip().casefold() == D.NOT_IN_PROGRAM.casefold():
+            raise s.error("programMemberStatus", f'"{D.NOT_IN_PROGRAM}" is never a valid status for an import')
     columns = _columns(s)
     return Route(
         match=match,
@@ -423,6 +428,7 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
         trim_header=s.boolean("trim_header", False),
         encoding=encoding,
         coalesce=s.boolean("coalesce", True),
+        preflight=s.boolean("preflight", D.PREFLIGHT),
         instance=_instance(s, names, inbox_instance) or inbox_instance,
         columns=columns,
         constants=_constants(s, columns),

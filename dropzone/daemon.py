@@ -4,7 +4,7 @@ A file's path, one stage after the other, each with ``run_once(now)`` over
 the journal:
 
 1. ``intake`` (one per inbox): scan, readiness, claim;
-2. ``prepare``: route once, check the header, split;
+2. ``prepare``: route once, check the header (against Marketo's describe: ``gate``), split;
 3. ``dispatch`` (one per Marketo instance): submit within its queue, poll, fetch result files;
 4. ``report``: status, failures and warnings files, archive.
 
@@ -34,6 +34,7 @@ from dropzone import intake as intake_module
 from dropzone.config import Config, Inbox, MarketoSettings
 from dropzone.dispatch import Dispatch
 from dropzone.errors import DropzoneError, Interrupted, StoreError, WouldWaitError
+from dropzone.gate import Preflight
 from dropzone.intake import Intake
 from dropzone.jobs import ChunkState, FileState
 from dropzone.marketo import MarketoClient
@@ -42,6 +43,7 @@ from dropzone.preflight import reloadable
 from dropzone.prepare import Prepare
 from dropzone.report import Report
 from dropzone.store import Store
+from dropzone.targetwatch import TargetWatch
 
 log = structlog.get_logger("dropzone.daemon")
 
@@ -86,9 +88,11 @@ class Daemon:
         self.intakes: dict[Path, Intake] = {i.path: self._intake(i) for i in config.inboxes}
         #: Inboxes removed by a reload: their files in flight still finish and report there.
         self._retired: dict[Path, Intake] = {}
+        #: Each route's import target checked against its instance (start-up, reload, hourly); wrong ones held.
+        self.targets = TargetWatch(self._stage_of, self.metrics, wake=self._wake)
         self.prepare = Prepare(
             self.store, self.inbox_of, config.state_dir, config.split_max_bytes, self.metrics, self._heartbeat,
-            pins=self.pins,
+            pins=self.pins, preflight=Preflight(self._stage_of, self.targets, wake=self._wake),
         )
         #: One dispatch stage per Marketo instance, by name; a reload adds, rebuilds and drains them.
         self.dispatches: dict[str, Dispatch] = {
@@ -129,6 +133,10 @@ class Daemon:
             self.store, self._client(settings), settings, self.metrics.instance(settings.name), self._heartbeat,
             calls=calls, wake=self._wake, split_max_bytes=self.config.split_max_bytes,
         )
+
+    def _stage_of(self, name: str) -> Dispatch | None:
+        """An instance's stage (its client and threads), for the pre-flight's calls."""
+        return self.dispatches.get(name)
 
     def _wake(self) -> None:
         """A call finished (on its thread): end the loop's idle wait. A hint no inbox takes."""
@@ -187,6 +195,7 @@ class Daemon:
             intake.prepare_folders()
             intake.start()
         self._pin_folders()
+        self.targets.configure(self.config, self.clock())
         self._update_readiness()
         self.metrics.set_ready_inputs(config_loaded=True)
         log.info(
@@ -426,6 +435,7 @@ class Daemon:
                 changes.append(f"{name} changed (applies after a restart)")
         self.config = new
         self._pin_folders()  # an operator who moved a folder reloads to say so
+        self.targets.configure(new, self.clock())  # a fixed target releases its files once Marketo agrees
         log.info("config_reloaded", changes=changes or ["nothing"])
         notify.ready()
 

@@ -77,6 +77,37 @@ MARKER_SUFFIX: Final = ".done"
 PROCESSING_DIRNAME: Final = ".processing"
 """Files are claimed by renaming them into this folder of their inbox (same filesystem)."""
 
+# --- Pre-flight: Marketo's describe, and the import targets -----------------------
+
+PREFLIGHT: Final = True
+"""Route key ``preflight``: check a file's header against Marketo's describe before it takes a queue slot."""
+DESCRIBE_REFRESH_S: Final = 6 * 3600.0
+"""A describe older than this is fetched again, in the background (the one held is used meanwhile)."""
+DESCRIBE_RECHECK_S: Final = 300.0
+"""Before a file is rejected for an unknown column, a describe older than this is fetched again and the
+file checked once more: an admin may just have added the field."""
+DESCRIBE_DEADLINE_S: Final = 120.0
+"""How long files wait for an object's first describe while Marketo does not answer it; then they go
+ahead unchecked, with a note (a describe outage never holds files)."""
+DESCRIBE_RETRY_S: Final = 600.0
+"""After a describe was unavailable (603, a malformed reply, the deadline): asked again this much later,
+files going ahead unchecked meanwhile."""
+DESCRIBE_MAX_ITEMS: Final = 20_000
+"""Most fields (or statuses, partitions) a reply may list; more is a hostile reply, not a schema."""
+DESCRIBE_MAX_NAME_CHARS: Final = 255
+"""Longest field, status or partition name a reply may hold (Marketo's API names are far shorter)."""
+TARGET_CHECK_INTERVAL_S: Final = 3600.0
+"""How often the configured import targets (lists, programs, statuses, partitions, custom objects) are
+checked against Marketo, besides start-up and reload."""
+TARGET_RETRY_S: Final = 60.0
+"""A target check that could not be answered for a passing reason (the rate window, a 5xx) is tried again
+this soon."""
+TARGET_FIRST_WAIT_S: Final = 60.0
+"""At start-up and reload, files of a route wait at most this long for the first answer about its target
+(a wrong list would otherwise start a stream of failed files); unanswered, they go ahead."""
+NOT_IN_PROGRAM: Final = "Not in Program"
+"""The program member status every channel has and no import may give (Marketo's own docs)."""
+
 # --- Inboxes -----------------------------------------------------------------
 
 WATCH: Final = WatchMode.AUTO

@@ -7,6 +7,8 @@ client secret or an access token.
   x ConfigError                 bad YAML or setting; names the key (exit 2)
   x InputError                  a partner file we will not send; goes to the outbox
     + SplitError                the file cannot be cut into valid chunks (carries a line number)
+    + UnknownFieldError         a header column that is no field of the Marketo object (pre-flight)
+  x DescribeUnavailableError    Marketo's description of an object or import target could not be had or read
   x StoreError                  the journal is unusable, or another daemon holds it
   x MarketoError                carries Marketo's code (a string), its message and any Retry-After
     + TransientError            not executed, or a GET that can be repeated: 604, 608, 611, 614, a
@@ -56,6 +58,24 @@ class InputError(DropzoneError):
 
 class SplitError(InputError):
     pass
+
+
+class UnknownFieldError(InputError):
+    """A header column Marketo's describe does not know (``fieldcheck``): before the file is
+    rejected for it, a describe a few minutes old is fetched again (an admin may just have added
+    the field)."""
+
+
+class DescribeUnavailableError(DropzoneError):
+    """Marketo's description of an object, or of an import target, could not be had or read.
+
+    Never a reason to reject a file: its header goes unchecked (with a note), a target check
+    answers "unknown". ``reason`` is short, for status notes and logs.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class StoreError(DropzoneError):

@@ -223,6 +223,7 @@ class Metrics:
         self._state_writable = False
         self._watchers_alive = False
         self._instances: dict[str, InstanceMetrics] = {}
+        self._wrong_targets: list[str] = []
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -361,6 +362,11 @@ class Metrics:
             if watchers_alive is not None:
                 self._watchers_alive = watchers_alive
 
+    def set_wrong_targets(self, problems: list[str]) -> None:
+        """Import targets Marketo says are wrong (each naming its key): their files are held; not ready."""
+        with self._lock:
+            self._wrong_targets = list(problems)
+
     # ---- verdicts ------------------------------------------------------------
 
     def liveness(self) -> Check:
@@ -379,6 +385,7 @@ class Metrics:
         cannot do all the work it was configured for. ``marketo_quota`` (``:NAME``)
         appears while new imports wait for the daily quota's reset, and never
         fails: that pause leaves the reserve to the customer's other integrations.
+        ``targets`` appears, failing, while Marketo says a route's import target is wrong.
         """
         now = self.clock()
         with self._lock:
@@ -390,6 +397,9 @@ class Metrics:
                 Check("watchers", self._watchers_alive,
                       "all alive" if self._watchers_alive else "an inbox watcher is dead (or not started yet)"),
             ]
+            if self._wrong_targets:
+                # Only while there are some, like marketo_access: their routes' files are held, not failed.
+                checks.append(Check("targets", False, "; ".join(self._wrong_targets)))
             for view in self._views():
                 checks += view._checks(now, self.marketo_grace)
         return checks

@@ -17,6 +17,16 @@ class ObjectKind(enum.StrEnum):
     PROGRAM_MEMBER = "programmember"
 
 
+class TargetPart(enum.StrEnum):
+    """A part of an import target checked against Marketo, by the route key that names it."""
+
+    LIST = "listId"
+    PARTITION = "partitionName"
+    API_NAME = "apiName"
+    PROGRAM = "programId"
+    STATUS = "programMemberStatus"
+
+
 class FileFormat(enum.StrEnum):
     """Marketo's ``format`` parameter: comma, tab or semicolon separated."""
 
@@ -72,4 +82,4 @@ class LogLevel(enum.StrEnum):
     CRITICAL = "critical"
 
 
-__all__ = ["FileFormat", "LogFormat", "LogLevel", "ObjectKind", "WatchMode"]
+__all__ = ["FileFormat", "LogFormat", "LogLevel", "ObjectKind", "TargetPart", "WatchMode"]

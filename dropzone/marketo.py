@@ -253,6 +253,14 @@ class MarketoClient:
             self._quota.observe_usage(total, taken_at=self._now_utc(), ours_then=ours_then)
         return total
 
+    def get_json(self, endpoint: Endpoint, path: str, *, params: Mapping[str, str] | None = None,
+                 retry_for: float | None = None) -> dict[str, Any]:
+        """A read of Marketo's REST API (describe, lists, programs...): its successful envelope, as sent.
+
+        The caller reads it (``dropzone.describe``): an envelope Marketo sent is an answer, whatever it holds.
+        """
+        return self._call(Where(endpoint, "GET", path), _envelope_of, params=params, retry_for=retry_for)
+
     def calls_today(self) -> int:
         """Our calls that may count toward the instance's daily quota, since its last reset."""
         with self._quota_lock:
@@ -582,11 +590,8 @@ def _file_or_none(value: Any) -> bytes | None:
     return value if isinstance(value, bytes) and value else None
 
 
-__all__ = [
-    "BatchStatus",
-    "CallRecord",
-    "Endpoint",
-    "MarketoClient",
-    "ReplyLimits",
-    "make_session",
-]
+def _envelope_of(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+__all__ = ["BatchStatus", "CallRecord", "Endpoint", "MarketoClient", "ReplyLimits", "make_session"]

@@ -15,9 +15,9 @@ only the header (records are still copied byte for byte), a drop or a
 constant rewrites the records (``dropzone.rewriting``). What the outbox
 needs to speak the partner's names again, and each drifting chunk's line
 map, are written beside the chunks before the split is journalled. The
-names sent pass through ``Prepare.header_names`` last: the one place where a
-pre-flight may still respell them (as Marketo spells its fields) or refuse
-them.
+names sent pass through a ``HeaderNames`` last (``described``: the describe pre-flight, route key
+``preflight``): the one place where they may still be respelled (as Marketo spells its fields) or
+refused.
 
 A file Marketo must not see is ``Rejected`` with a message naming the line;
 a full or broken work area (a disk problem, not the partner's) keeps the
@@ -38,9 +38,11 @@ from typing import BinaryIO
 import structlog
 
 from dropzone import defaults as D
-from dropzone import health, mapping, outbox, routing, safefs, splitting
+from dropzone import fieldcheck, health, mapping, outbox, routing, safefs, splitting
 from dropzone.config import Inbox, Route
-from dropzone.errors import InputError, StoreError
+from dropzone.describe import Schema
+from dropzone.errors import InputError, StoreError, UnknownFieldError
+from dropzone.gate import Gate, Preflight
 from dropzone.jobs import FileState, Outcome
 from dropzone.kinds import ObjectKind
 from dropzone.store import FileRow, NewChunk, Store
@@ -121,6 +123,25 @@ def _naming(shown: str) -> Iterator[None]:
         raise InputError(f"{shown}: {exc}", line=exc.line) from None
 
 
+def described(schema: Schema | None, shown: str) -> HeaderNames:
+    """The pre-flight as a ``HeaderNames`` (route key ``preflight``): the names, after any mapping, against
+    Marketo's describe (``gate``), sent as Marketo spells them; None checks no field names.
+
+    Unknown columns raise ``UnknownFieldError`` (``Prepare._prepare_one`` asks Marketo once more first).
+    """
+
+    def names(route: Route, fields: list[str], notes: list[str]) -> list[str]:
+        if schema is None:
+            return fields
+        checked = fieldcheck.check(schema, route.target(), fields, shown=shown)
+        renamed = fieldcheck.renamed_note(fields, checked)
+        if renamed is not None:
+            notes.append(renamed)
+        return checked
+
+    return names
+
+
 class _StillWrittenError(Exception):
     """The claimed file changed (size or mtime) since its claim, or while it was split."""
 
@@ -157,20 +178,38 @@ class Prepare:
     heartbeat: Callable[[], None] = lambda: None
     #: The configured folders' real paths at start (``Daemon.pins``).
     pins: dict[Path, str] = field(default_factory=dict)
-    #: The seam after mapping: the names sent, as a pre-flight would have them (``check_header``).
-    header_names: HeaderNames = keep_names
+    #: Target checks and describes (``gate``); None splits every file unchecked by Marketo.
+    preflight: Preflight | None = None
     #: Claimed files that changed after their claim, by file id: split once they stop changing.
     _growing: dict[int, _Growing] = field(default_factory=dict)
+    #: Files that named an unknown column and waited for a fresh describe: rejected if they still do.
+    _rechecked: set[int] = field(default_factory=set)
 
     def run_once(self, now: float) -> bool:
         """Split up to a few claimed files; True when one moved on."""
-        busy = False
-        rows = [r for r in self.store.files([FileState.CLAIMED]) if self._settled(r, now)]
-        for row in rows[: D.PREPARES_PER_PASS]:
-            self.heartbeat()
+        busy = self.preflight.run_once(now) if self.preflight is not None else False
+        started = 0
+        for row in self.store.files([FileState.CLAIMED]):
+            if started >= D.PREPARES_PER_PASS:
+                break
+            if not self._settled(row, now):
+                continue
             with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath):
-                busy |= self._prepare_one(row, now)
+                gated = self._gate(row, now)
+                if gated is not None and not gated[1].go:
+                    continue  # held (a wrong target) or waiting for Marketo: not busy, the answer wakes the loop
+                started += 1
+                self.heartbeat()
+                busy |= self._prepare_one(row, now, gated)
         return busy
+
+    def _gate(self, row: FileRow, now: float) -> tuple[Route, Gate] | None:
+        """The file's route and what ``Preflight`` says of it; None when there is no route (rejected by _split)."""
+        inbox = self.inbox_of(row.inbox) if self.preflight is not None else None
+        match = routing.route(inbox.routes, row.relpath) if inbox is not None else None
+        if self.preflight is None or match is None or isinstance(match, routing.NoMatch):
+            return None
+        return match.route, self.preflight.gate(match.route, now)
 
     def _settled(self, row: FileRow, now: float) -> bool:
         """False while a file that changed after its claim is within a new quiet period."""
@@ -180,9 +219,9 @@ class Prepare:
         inbox = self.inbox_of(row.inbox)
         return now >= growing.since + (inbox.quiet_period if inbox else 0.0)
 
-    def _prepare_one(self, row: FileRow, now: float) -> bool:
+    def _prepare_one(self, row: FileRow, now: float, gated: tuple[Route, Gate] | None = None) -> bool:
         try:
-            self._split(row)
+            self._split(row, gated[1] if gated is not None else None)
         except _StillWrittenError as exc:
             # A writer that kept its handle open (one we could not see) is still writing into the
             # claimed file: what was split is thrown away; it is split again once it stops changing.
@@ -191,6 +230,15 @@ class Prepare:
                 log.warning("file_changed_after_claim_waiting", bytes=exc.size)
             self._growing[row.id] = _Growing(exc.size, exc.mtime_ns, since=now)
             return False
+        except UnknownFieldError as exc:
+            if (row.id not in self._rechecked and gated is not None and self.preflight is not None
+                    and self.preflight.recheck(gated[0], now)):
+                # The describe is a few minutes old: an admin may just have added the field. Asked once more first.
+                self._rechecked.add(row.id)
+                shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
+                return False
+            log.info("file_rejected", reason=str(exc), line=exc.line)
+            self._reject(row, str(exc), exc.line)
         except InputError as exc:
             log.info("file_rejected", reason=str(exc), line=exc.line)
             self._reject(row, str(exc), exc.line)
@@ -211,10 +259,11 @@ class Prepare:
         return True
 
     def _reject(self, row: FileRow, message: str, line: int | None) -> None:
+        self._rechecked.discard(row.id)
         shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
         self.store.settle(row.id, Outcome.REJECTED, error=message, line=line)
 
-    def _split(self, row: FileRow) -> None:
+    def _split(self, row: FileRow, gate: Gate | None = None) -> None:
         inbox = self.inbox_of(row.inbox)
         if inbox is None:
             raise InputError(f"{outbox.printable(row.relpath)}: its inbox is no longer configured")
@@ -244,11 +293,12 @@ class Prepare:
         def save_line_map(index: int, lines: mapping.LineMap) -> None:
             outbox.atomic_write(mapping.line_map_path(work / f"{stem}.part{index:04d}"), lines.encode())
 
-        notes: list[str] = []
+        notes: list[str] = [gate.note] if gate is not None and gate.note else []
+        header_names = described(gate.schema if gate is not None else None, outbox.printable(row.relpath))
         plans: list[mapping.Plan] = []
 
         def header_check(fields: list[str]) -> list[str] | mapping.Plan:
-            plan = check_header(row.relpath, match.route, fields, notes, self.header_names)
+            plan = check_header(row.relpath, match.route, fields, notes, header_names)
             plans.append(plan)
             # A rename alone: only the header changes, the records are copied as they are.
             return plan if plan.rewrites_records else list(plan.names)
@@ -309,6 +359,7 @@ class Prepare:
             # The header as every chunk starts with it: only chunks with the same bytes share an import.
             header=result.header if match.route.coalesce else None,
         )
+        self._rechecked.discard(row.id)
         self.metrics.file_split(len(chunks))
         log.info("file_split", chunks=len(chunks), rows=result.rows)
 

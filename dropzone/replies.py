@@ -53,6 +53,8 @@ class Endpoint(enum.StrEnum):
     FAILURES = "failures"
     WARNINGS = "warnings"
     USAGE = "usage"
+    DESCRIBE = "describe"  # an object's fields (pre-flight of headers)
+    TARGETS = "targets"  # lists, programs, channels, partitions (target checks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,12 +70,12 @@ def _bytes(data: bytes) -> Callable[[Path, bytes], None]:
 
 
 def _big_record(quoted: bool) -> Callable[[Path, bytes], None]:
-    """``email,notes`` then one record over 10 MB, written in pieces (memory stays small)."""
+    """``email,company`` then one record over 10 MB, written in pieces (memory stays small)."""
 
     def make(inbox: Path, name: bytes) -> None:
         piece = (b"x" * 1023 + (b"\n" if quoted else b"y")) * 64  # 64 KiB
         with open(inbox / os.fsdecode(name), "wb") as out:
-            out.write(b"email,notes\nann@example.com,ok\nbig@example.com,")
+            out.write(b"email,company\nann@example.com,ok\nbig@example.com,")
             if quoted:
                 out.write(b'"')
             written = 0

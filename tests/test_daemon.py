@@ -265,7 +265,8 @@ class TestRecovery:
         # Drive intake and preparation only, so the chunk is recorded but not yet sent.
         [intake] = daemon.intakes.values()
         wait_until(lambda: intake.run_once(daemon.clock()) or daemon.store.files([FileState.CLAIMED]), timeout=10)
-        daemon.prepare.run_once(daemon.clock())
+        # Prepare waits for Marketo's first answers (the route's target, the lead describe), on their threads.
+        wait_until(lambda: [daemon.prepare.run_once(daemon.clock())] and daemon.store.chunks([ChunkState.PENDING]))
         [chunk] = daemon.store.chunks([ChunkState.PENDING])
         daemon.store.mark_submitting(chunk.id)
         daemon.close()

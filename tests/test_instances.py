@@ -891,8 +891,10 @@ class TestCheckCommand:
         assert "marketo instance default: credentials accepted by Identity" in result.stdout
         assert "marketo instance sandbox: credentials accepted by Identity" in result.stdout
         assert "configuration OK" in result.stdout
-        for sim in (prod, sandbox):  # one Identity call each, with that instance's own client id
-            assert [c["endpoint"] for c in sim.calls()] == ["identity"]
+        for sim in (prod, sandbox):  # one Identity call each, with that instance's own client id, then reads only
+            endpoints = [c["endpoint"] for c in sim.calls()]
+            assert endpoints.count("identity") == 1 and endpoints[0] == "identity"
+            assert {"describe_leads", "partitions"} <= set(endpoints) <= {"identity", "describe_leads", "partitions"}
         assert all(secret not in result.stdout + result.stderr for secret in SECRETS)
 
     def test_a_wrong_secret_on_one_instance_fails_the_check_naming_it_and_never_prints_a_secret(

@@ -334,7 +334,7 @@ class TestResponseShapes:
 
     def test_program_member_status_decoding_and_checks(self, make_api: Callable[..., Api]) -> None:
         """programMemberStatus arrives as On%20List, On+List or a form field; unknown status 1025, program 1013."""
-        api = make_api(programs={"1044": ["Member", "On List"]})
+        api = make_api(programs={1044: {"name": "P", "channel": "List"}}, channels={"List": ["Member", "On List"]})
         data = b"email\na@example.com\n"
         path = "/bulk/v1/program/1044/members/import.json"
         assert batch_of(api.members(data))  # requests encodes the space as %20
@@ -461,11 +461,11 @@ class TestQueue:
         """A second leads import into a listId with an open import gets 1019 until the first finishes."""
         clock = ManualClock()
         api = make_api(clock=clock, instant=False, import_seconds_per_job=10)
-        assert batch_of(api.leads(SEED_LEADS, params={"format": "csv", "listId": "9"}))
-        assert error_of(api.leads(SEED_LEADS, params={"format": "csv", "listId": "9"}))[0] == "1019"
-        assert batch_of(api.leads(SEED_LEADS, params={"format": "csv", "listId": "10"}))
+        assert batch_of(api.leads(SEED_LEADS, params={"format": "csv", "listId": "1009"}))
+        assert error_of(api.leads(SEED_LEADS, params={"format": "csv", "listId": "1009"}))[0] == "1019"
+        assert batch_of(api.leads(SEED_LEADS, params={"format": "csv", "listId": "1010"}))
         clock.advance(60)
-        assert batch_of(api.leads(SEED_LEADS, params={"format": "csv", "listId": "9"}))
+        assert batch_of(api.leads(SEED_LEADS, params={"format": "csv", "listId": "1009"}))
 
     def test_batch_ids_expire_after_retention(self, make_api: Callable[..., Api]) -> None:
         """A batchId answers for 7 days, then is unknown."""
@@ -796,7 +796,7 @@ class TestRecordAndCli:
         )
         cfg = config_from_args(args, environ={"DROPZONE_SIM_CLIENT_SECRET": SECRET})
         assert (cfg.client_secret, cfg.rate_limit, cfg.lists, cfg.fault_rates) == (SECRET, 5, [7], {"606": 0.0})
-        assert cfg.programs == {"1044": ["Member"]} and "order_c" in cfg.custom_objects
+        assert cfg.programs == {1044: ["Member"]} and "order_c" in cfg.custom_objects
         with Simulator(cfg) as sim, requests.Session() as http:
             api = Api(sim)
             api.http = http

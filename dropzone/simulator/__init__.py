@@ -1,5 +1,10 @@
 """A faithful fake of Marketo's bulk import API, for dropzone's tests and demos.
 
+Besides Identity and the bulk endpoints it serves what a client reads before it
+spends a queue slot: Describe Lead2, Describe Custom Object, Describe Program
+Member, Get List by Id, Get Lead Partitions, Get Program by Id and Get Channel
+by Name, built from the same fields and catalogue the imports enforce.
+
 An independent reading of the Marketo docs: nothing here imports from the
 rest of dropzone, so a misreading in the client cannot be copied into the
 fake and hide itself.
@@ -19,14 +24,17 @@ Faults are armed from Python only (there is no admin endpoint); the kinds,
 their parameters and what each looks like on the wire are listed in ``faults``.
 """
 
-from .config import DEFAULT_CUSTOM_OBJECTS, DEFAULT_LEAD_FIELDS, DEFAULT_PROGRAM_STATUSES, FieldSpec, SimConfig
+from .catalog import DEFAULT_CHANNELS, DEFAULT_LISTS, DEFAULT_PROGRAMS
+from .config import DEFAULT_CUSTOM_OBJECTS, DEFAULT_LEAD_FIELDS, FieldSpec, SimConfig
 from .faults import Fault
 from .simulator import Simulator
 
 __all__ = [
+    "DEFAULT_CHANNELS",
     "DEFAULT_CUSTOM_OBJECTS",
     "DEFAULT_LEAD_FIELDS",
-    "DEFAULT_PROGRAM_STATUSES",
+    "DEFAULT_LISTS",
+    "DEFAULT_PROGRAMS",
     "Fault",
     "FieldSpec",
     "SimConfig",

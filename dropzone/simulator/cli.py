@@ -1,7 +1,8 @@
 """Command line for the standalone simulator (``dropzone simulate`` / ``python -m dropzone.simulator``).
 
 Knobs come from defaults, then ``--config YAML`` (any ``SimConfig`` field,
-e.g. custom_objects, lists, programs), then flags. The client secret may come
+e.g. lead_fields, program_member_fields, custom_objects, lists, programs,
+channels, partitions), then flags. The client secret may come
 from ``DROPZONE_SIM_CLIENT_SECRET`` so it stays off the process list. Prints
 ``simulator listening on http://127.0.0.1:PORT`` once bound, so a parent can
 learn the port of ``--port 0``, and runs until SIGTERM or SIGINT.
@@ -16,6 +17,8 @@ import sys
 import threading
 from typing import Any
 
+from .catalog import ASSET_NOT_FOUND_MODES
+from .codes import ENDPOINTS
 from .config import SimConfig, load_overrides
 from .faults import validate_kind
 from .simulator import Simulator
@@ -36,7 +39,10 @@ def _fault_rate(text: str) -> tuple[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dropzone simulate", description="Fake Marketo bulk import API on 127.0.0.1.")
+    p = argparse.ArgumentParser(
+        prog="dropzone simulate",
+        description="Fake Marketo bulk import API (and its describe and target endpoints) on 127.0.0.1.",
+    )
     p.add_argument("--port", type=int, default=None, help="port to bind (0 = any free port; default 0)")
     p.add_argument("--client-id", default=None, help=f"accepted client_id (or ${CLIENT_ID_ENV})")
     p.add_argument("--client-secret", default=None, help=f"accepted client_secret (prefer ${SECRET_ENV})")
@@ -58,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--daily-quota", type=int, help="calls per day before 607 (unlimited)")
     p.add_argument(
         "--usage-denied", action="store_true", default=None, help="refuse /rest/v1/stats/usage.json with 603"
+    )
+    p.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        choices=[e for e in ENDPOINTS if e not in ("identity", "other")],
+        help="answer this endpoint with 603 Access denied (repeatable; e.g. describe_leads, list, program)",
+    )
+    p.add_argument(
+        "--asset-not-found",
+        choices=ASSET_NOT_FOUND_MODES,
+        help="Asset API answer for an unknown program or channel: a warning (default) or 702",
     )
     p.add_argument("--unknown-fields", choices=("reject", "ignore"), help="unknown header column: 1006 or ignore")
     p.add_argument("--failures-200", action="store_true", default=None, help="no failure rows: 200 empty, not 404")
@@ -92,6 +111,7 @@ _FLAG_TO_FIELD = {
     "daily_quota": "daily_quota",
     "usage_denied": "usage_denied",
     "unknown_fields": "unknown_fields",
+    "asset_not_found": "asset_not_found",
     "seed": "seed",
     "record": "record_path",
 }
@@ -107,6 +127,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
             knobs[name] = value
     if args.failures_200:
         knobs["failures_404"] = False
+    if args.deny:
+        knobs["denied_endpoints"] = [*knobs.get("denied_endpoints", ()), *args.deny]
     if args.fault_rate:
         knobs["fault_rates"] = {**knobs.get("fault_rates", {}), **dict(args.fault_rate)}
     client_id = args.client_id or knobs.pop("client_id", None) or env.get(CLIENT_ID_ENV)

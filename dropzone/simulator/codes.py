@@ -26,6 +26,7 @@ MESSAGES: dict[str, str] = {
     "615": "Concurrent access limit reached",
     "616": "Invalid subscription type",
     "701": "{name} cannot be blank",
+    "702": "No data found for a given search scenario",
     "713": "Transient Error",
     "719": "Lock wait timeout exception",
     "1001": "Invalid value '{value}'. Required of type '{type}'",
@@ -55,8 +56,25 @@ HTTP_REASONS: dict[int, str] = {
     504: "Gateway Timeout",
 }
 
-# Endpoint names used by fault filters and the call log.
-ENDPOINTS = ("identity", "import", "status", "failures", "warnings", "usage", "other")
+# The Asset API's answer when nothing matches (live recordings; error-codes.md: "Many failed search
+# operations return success = true and no errors and set a warnings informational string").
+NO_ASSETS_WARNING = "No assets found for the given search criteria."
+
+# Endpoint names used by fault filters, denied_endpoints and the call log.
+BULK_ENDPOINTS = ("import", "status", "failures", "warnings")
+# The describe and target endpoints a client reads before it spends a queue slot.
+DESCRIBE_ENDPOINTS = (
+    "describe_leads",
+    "describe_customobject",
+    "describe_programmember",
+    "list",
+    "program",
+    "channel",
+    "partitions",
+)
+# Answered in the Asset API's envelope (``warnings`` and ``errors`` always present).
+ASSET_ENDPOINTS = ("program", "channel")
+ENDPOINTS = ("identity", *BULK_ENDPOINTS, "usage", *DESCRIBE_ENDPOINTS, "other")
 
 
 def message(code: str, **values: object) -> str:

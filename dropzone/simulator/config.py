@@ -1,7 +1,9 @@
 """The simulator's knobs: one frozen dataclass, every default in one place.
 
-Owns ``SimConfig``, the field schemas (lead fields, custom objects, program
-statuses) and loading overrides from YAML. It knows nothing about HTTP or time.
+Owns ``SimConfig``, the field schemas (lead fields, program-member fields,
+custom objects) and loading overrides from YAML; the instance's lists,
+programs, channels and partitions are ``catalog``'s. It knows nothing about
+HTTP or time.
 
 Where the Marketo docs are silent the behaviour is a knob, and the default is
 the most plausible reading (tagged [INF] in the field comments).
@@ -17,30 +19,43 @@ from typing import Any
 
 import yaml
 
+from . import catalog
+from .catalog import ASSET_NOT_FOUND_MODES, DEFAULT_CHANNELS, DEFAULT_LISTS, DEFAULT_PROGRAMS
+from .codes import ENDPOINTS
+
 # Data types the row rules understand; anything else is a free string.
 DATA_TYPES = frozenset(
     {"string", "text", "email", "integer", "float", "currency", "boolean", "date", "datetime", "phone", "url"}
 )
 
 
+# Describe's ``length`` of a field that names none, by data type; other types have no length.
+DEFAULT_LENGTHS: Mapping[str, int] = {"string": 255, "email": 255, "phone": 255, "url": 255, "text": 65535}
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One importable field: its API name, the display name used in failure reasons, its type."""
+    """One importable field: its API name, the display name used in failure reasons, its type,
+    and what Describe says of it (``length`` None: by type, see DEFAULT_LENGTHS)."""
 
     name: str
     display_name: str
     data_type: str = "string"
+    length: int | None = None
+    updateable: bool = True
+    crm_managed: bool = False
 
 
-def _f(name: str, display: str, data_type: str = "string") -> tuple[str, FieldSpec]:
-    return name, FieldSpec(name, display, data_type)
+def _f(name: str, display: str, data_type: str = "string", *, updateable: bool = True) -> tuple[str, FieldSpec]:
+    return name, FieldSpec(name, display, data_type, updateable=updateable)
 
 
 # Common lead API names (Describe Lead). Display names matter: type failures
 # quote them ("Invalid data type in field Lead Score").
 DEFAULT_LEAD_FIELDS: Mapping[str, FieldSpec] = dict(
     [
-        _f("id", "Id", "integer"),
+        # System-managed (Describe: not updateable), yet a valid column and lookupField ("update only").
+        _f("id", "Id", "integer", updateable=False),
         _f("email", "Email Address", "email"),
         _f("firstName", "First Name"),
         _f("middleName", "Middle Name"),
@@ -83,6 +98,8 @@ DEFAULT_LEAD_FIELDS: Mapping[str, FieldSpec] = dict(
 # The "Car" object from the custom-object import page (seed 004): dedupe on vin.
 DEFAULT_CUSTOM_OBJECTS: Mapping[str, Mapping[str, Any]] = {
     "car_c": {
+        "displayName": "Car",
+        "description": "It's a car.",
         "fields": [
             {"name": "color", "displayName": "Color", "dataType": "string"},
             {"name": "make", "displayName": "Make", "dataType": "string"},
@@ -92,19 +109,6 @@ DEFAULT_CUSTOM_OBJECTS: Mapping[str, Mapping[str, Any]] = {
         "dedupe": ["vin"],
     }
 }
-
-# Statuses of the default program channel; used for any programId when
-# ``programs`` is None.
-DEFAULT_PROGRAM_STATUSES: tuple[str, ...] = (
-    "Not in Program",
-    "Member",
-    "On List",
-    "Invited",
-    "Registered",
-    "Attended",
-    "No Show",
-    "Influenced",
-)
 
 UNKNOWN_FIELD_MODES = ("reject", "ignore")
 RAGGED_ROW_MODES = ("fail", "drop")
@@ -164,22 +168,50 @@ class SimConfig:
             ("Invalid number of fields") or is silently "drop"ped [INF].
         unknown_fields: a header column that is no field → "reject" (1006 at
             submit) or "ignore" [INF].
-        lead_fields: {apiName: dataType | {displayName, dataType}} or a list, or
-            "any" (every column accepted; known defaults keep their types).
+        lead_fields: {apiName: dataType | {displayName, dataType, length,
+            updateable, crmManaged}} or a list, or "any" (every column
+            accepted; known defaults keep their types). Describe Lead2 lists
+            exactly these (the defaults for "any").
         lead_fields_case_sensitive: False because the seed's working example
             uploads ``FirstName,LastName,Email,Company``.
-        program_member_fields: extra program-member custom fields (lead fields
-            are always allowed too).
-        custom_objects: {apiName: {"fields": [...], "dedupe": [...]}}; header
-            names must match exactly (seed 004's " vin").
+        program_member_fields: program-member custom fields, same shapes (lead
+            fields are always allowed too). Describe Program Member lists them
+            after the standard, non-updateable fields of Adobe's example.
+        custom_objects: {apiName: {"fields": [...], "dedupe": [...],
+            "displayName", "description", "relationships"}}; header names must
+            match exactly (seed 004's " vin"). Describe adds the system fields
+            createdAt, marketoGUID, updatedAt (not updateable; an import naming
+            them gets 1006 [INF]); an unknown apiName gets 1013 there as at
+            import [INF: "Object not found", what Get-by-id calls answer].
         custom_objects_enabled: False → every custom-object call gets 1026.
-        lists: static listIds that exist; None = any. Unknown → 1013 [INF].
-        partitions: lead partitions; None = any name, none required. Else an
-            unknown partitionName → 1008, and none given while several exist →
-            1009 [INF].
-        programs: {programId: [statuses]}; None = any programId with
-            DEFAULT_PROGRAM_STATUSES. Unknown program → 1013, unknown status →
-            1025 [INF].
+
+    Targets (``catalog`` has the shapes; Get List/Program/Channel/Partitions read the same):
+        lists: {listId: name | {name, description, programName, workspaceName}}
+            or a list of ids; None = any id. Default: 1001..1010 and 1234.
+            An unknown listId → 1013 at import [INF] and from Get List by Id
+            [DOC error-codes.md: what Get object by id answers].
+        programs: {programId: {name, channel, type, workspace, description}};
+            None = any id, on the first channel. Default: 1044 ("Event") and
+            1107 ("Online Advertising"). Unknown program → 1013 at import
+            [INF]; Get Program by Id answers ``asset_not_found``.
+        channels: {name: [status, ...] | {applicableProgramType,
+            progressionStatuses}}, a status a name or {name, step, success,
+            hidden, description}. An import's programMemberStatus must be one
+            of its program's channel's statuses, never "Not in Program"
+            (docs §9), else 1025 [INF].
+        partitions: lead partition names; None = Get Lead Partitions lists
+            "Default" and an import may name any partition or none (the
+            leniency of old). Else an unknown partitionName → 1008, and none
+            given while several exist → 1009 [INF].
+        asset_not_found: what the Asset API (Get Program by Id, Get Channel by
+            Name) answers for nothing found: "warning" (success true, no
+            result, warnings ["No assets found for the given search
+            criteria."], as live recordings show [OBS]) or "702" (success
+            false, "No data found…" [DOC error-codes.md]).
+        denied_endpoints: endpoint names (``codes.ENDPOINTS``, e.g.
+            "describe_leads", "list", "program") answered with 603 "Access
+            denied" after the token and the limits, as a role missing the
+            permission is [DOC]; "usage" is what ``usage_denied`` sets.
 
     Limits and faults:
         rate_limit per rate_window seconds, sliding → 606.
@@ -234,9 +266,12 @@ class SimConfig:
     program_member_fields: Mapping[str, Any] | Sequence[Any] = field(default_factory=dict)
     custom_objects: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_CUSTOM_OBJECTS))
     custom_objects_enabled: bool = True
-    lists: Sequence[int] | None = None
+    lists: Mapping[Any, Any] | Sequence[int] | None = field(default_factory=lambda: dict(DEFAULT_LISTS))
+    programs: Mapping[Any, Any] | None = field(default_factory=lambda: dict(DEFAULT_PROGRAMS))
+    channels: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_CHANNELS))
     partitions: Sequence[str] | None = None
-    programs: Mapping[str, Sequence[str]] | None = None
+    asset_not_found: str = "warning"
+    denied_endpoints: Sequence[str] = ()
 
     rate_limit: int = 100
     rate_window: float = 20.0
@@ -263,6 +298,18 @@ class SimConfig:
                 raise ValueError(f"fault rate for {kind!r} must be within [0, 1]")
         if sum(self.fault_rates.values()) > 1.0:
             raise ValueError("fault rates must add up to at most 1")
+        if self.asset_not_found not in ASSET_NOT_FOUND_MODES:
+            raise ValueError(f"asset_not_found must be one of {ASSET_NOT_FOUND_MODES}, not {self.asset_not_found!r}")
+        deniable = [e for e in ENDPOINTS if e not in ("identity", "other")]
+        unknown = [e for e in self.denied_endpoints if e not in deniable]
+        if isinstance(self.denied_endpoints, str) or unknown:
+            raise ValueError(f"denied_endpoints must be a list of {deniable}; cannot read {self.denied_endpoints!r}")
+        # Fails early, naming the entry, rather than at the first request.
+        catalog.build(lists=self.lists, programs=self.programs, channels=self.channels, partitions=self.partitions)
+
+    def denied(self) -> frozenset[str]:
+        """Endpoints answered with 603 after the limits."""
+        return frozenset(self.denied_endpoints) | ({"usage"} if self.usage_denied else frozenset())
 
     def timings(self) -> tuple[float, float, float]:
         """(queued dwell, seconds per job, seconds per row), zeros in instant mode."""
@@ -278,9 +325,9 @@ class SimConfig:
 def field_specs(spec: Mapping[str, Any] | Sequence[Any]) -> dict[str, FieldSpec]:
     """Normalise the accepted field-list shapes into {apiName: FieldSpec}.
 
-    Accepts FieldSpec values, ``{name: dataType}``, ``{name: {displayName, dataType}}``
-    and lists of names or ``{"name", "displayName", "dataType"}`` dicts (the
-    Describe shape).
+    Accepts FieldSpec values, ``{name: dataType}``, ``{name: {displayName, dataType, ...}}``
+    and lists of names or ``{"name", "displayName", "dataType", "length",
+    "updateable", "crmManaged"}`` dicts (the Describe shape).
     """
     out: dict[str, FieldSpec] = {}
     items: list[tuple[str, Any]]
@@ -305,10 +352,16 @@ def field_specs(spec: Mapping[str, Any] | Sequence[Any]) -> dict[str, FieldSpec]
         elif isinstance(value, str):
             out[name] = FieldSpec(name, name, _checked_type(value))
         elif isinstance(value, Mapping):
+            length = value.get("length")
+            if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+                raise ValueError(f"field {name!r}: length must be a positive integer, not {length!r}")
             out[name] = FieldSpec(
                 name,
                 str(value.get("displayName", name)),
                 _checked_type(str(value.get("dataType", "string"))),
+                length,
+                bool(value.get("updateable", True)),
+                bool(value.get("crmManaged", False)),
             )
         else:
             raise ValueError(f"cannot read field {name!r}: {value!r}")
@@ -335,6 +388,4 @@ def load_overrides(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - config_keys())
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}")
-    if "programs" in data and data["programs"] is not None:
-        data["programs"] = {str(k): list(v) for k, v in data["programs"].items()}
     return data

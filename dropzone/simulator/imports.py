@@ -2,9 +2,11 @@
 
 Owns parameter lookup (query string or multipart field), the submit-time
 checks that need only the configuration (612, 613, 413, 1001, 1003, 1006,
-1008, 1009, 1013, 1025, 1026, 701) and the row verdicts. Checks that need the
-live queue (1016, 1019) belong to ``state``. Runs outside the simulator's lock,
-so a 10 MB upload does not stall other calls.
+1008, 1009, 1013, 1025, 1026, 701) and the row verdicts, and ``Schemas``: the
+configuration's fields and catalogue, normalised once and shared with the
+describe endpoints. Checks that need the live queue (1016, 1019) belong to
+``state``. Runs outside the simulator's lock, so a 10 MB upload does not stall
+other calls.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
-from . import codes, multipart, rows
-from .config import DEFAULT_LEAD_FIELDS, DEFAULT_PROGRAM_STATUSES, FieldSpec, SimConfig, field_specs
+from . import catalog, codes, multipart, rows
+from .config import DEFAULT_LEAD_FIELDS, FieldSpec, SimConfig, field_specs
 
 
 @dataclass(frozen=True)
@@ -54,21 +56,28 @@ class Prepared:
 
 
 class Schemas:
-    """The configuration's field lists, normalised once."""
+    """The configuration's field lists and catalogue, normalised once (imports and describes read the same)."""
 
     def __init__(self, cfg: SimConfig) -> None:
         self.any_lead_field = cfg.lead_fields == "any"
         lead = dict(DEFAULT_LEAD_FIELDS) if isinstance(cfg.lead_fields, str) else field_specs(cfg.lead_fields)
         self.lead_fields: dict[str, FieldSpec] = lead
-        self.member_fields: dict[str, FieldSpec] = {**lead, **field_specs(cfg.program_member_fields)}
+        self.program_member_fields: dict[str, FieldSpec] = field_specs(cfg.program_member_fields)
+        self.member_fields: dict[str, FieldSpec] = {**lead, **self.program_member_fields}
         self.custom_objects: dict[str, rows.CustomObjectSchema] = {
             name: rows.CustomObjectSchema(
                 api_name=name,
                 fields=field_specs(spec.get("fields", [])),
                 dedupe=tuple(spec.get("dedupe", spec.get("dedupeFields", []))),
+                display_name=str(spec.get("displayName", name)),
+                description=str(spec.get("description", "")),
+                relationships=tuple(spec.get("relationships", ())),
             )
             for name, spec in cfg.custom_objects.items()
         }
+        self.catalog = catalog.build(
+            lists=cfg.lists, programs=cfg.programs, channels=cfg.channels, partitions=cfg.partitions
+        )
 
 
 def prepare(
@@ -132,7 +141,7 @@ def _check(
     params: dict[str, Any] = {"format": fmt}
 
     if kind == "leads":
-        refusal = _lead_params(cfg, schemas, param, params, sources)
+        refusal = _lead_params(schemas, param, params, sources)
         known: Mapping[str, FieldSpec] = schemas.lead_fields
     elif kind == "customobject":
         if not cfg.custom_objects_enabled:
@@ -144,7 +153,7 @@ def _check(
         sources["objectApiName"] = "path"
         refusal, known = None, schemas.custom_objects[api_name].fields
     else:
-        refusal = _member_params(cfg, param, params, sources, path_params["programId"])
+        refusal = _member_params(schemas.catalog, param, params, sources, path_params["programId"])
         known = schemas.member_fields
     if refusal:
         return refusal
@@ -198,9 +207,7 @@ def _check(
     )
 
 
-def _lead_params(
-    cfg: SimConfig, schemas: Schemas, param: Any, params: dict[str, Any], sources: dict[str, str]
-) -> Rejection | None:
+def _lead_params(schemas: Schemas, param: Any, params: dict[str, Any], sources: dict[str, str]) -> Rejection | None:
     lookup = param("lookupField")
     if lookup is None:
         lookup, sources["lookupField"] = "email", "default"
@@ -216,27 +223,29 @@ def _lead_params(
             list_id = int(raw_list)
         except ValueError:
             return Rejection.of("1001", value=raw_list, type="Integer")
-        if cfg.lists is not None and list_id not in cfg.lists:
+        if schemas.catalog.static_list(list_id) is None:
             return Rejection.of("1013")
     params["listId"] = list_id
 
     partition = param("partitionName")
-    if cfg.partitions is not None:
-        if partition and partition not in cfg.partitions:
+    partitions = schemas.catalog.partitions
+    if partitions is not None:
+        if partition and partition not in partitions:
             return Rejection.of("1008", name=partition)
-        if not partition and len(cfg.partitions) > 1:
+        if not partition and len(partitions) > 1:
             return Rejection.of("1009")
     params["partitionName"] = partition or None
     return None
 
 
 def _member_params(
-    cfg: SimConfig, param: Any, params: dict[str, Any], sources: dict[str, str], program_id: str
+    instance: catalog.Catalog, param: Any, params: dict[str, Any], sources: dict[str, str], program_id: str
 ) -> Rejection | None:
-    programs = cfg.programs
-    if programs is not None and program_id not in programs:
+    program = instance.program(program_id)
+    if program is None:
         return Rejection.of("1013")
-    statuses = DEFAULT_PROGRAM_STATUSES if programs is None else tuple(programs[program_id])
+    # Never "Not in Program": an import makes members (docs §9).
+    statuses = instance.statuses_for(program)
     params["programId"] = program_id
     sources["programId"] = "path"
     status = param("programMemberStatus")

@@ -20,10 +20,19 @@ JSON_TYPE = "application/json;charset=UTF-8"
 CSV_TYPE = "text/csv;charset=UTF-8"
 HTML_TYPE = "text/html;charset=ISO-8859-1"
 
-# The Describe-level permission each import needs (docs §3): leads and program members
-# "Read-Write Lead", custom objects "Read-Write Custom Object".
-_PERMISSIONS = {"customobject": "Read-Write Custom Object"}
+# The role permission each call needs (docs §3 for imports: leads and program members
+# "Read-Write Lead", custom objects "Read-Write Custom Object"; the swagger for the reads).
+_IMPORT_PERMISSIONS = {"customobject": "Read-Write Custom Object"}
 _DEFAULT_PERMISSION = "Read-Write Lead"
+_READ_PERMISSIONS = {
+    "describe_leads": "Read-Only Lead",
+    "describe_programmember": "Read-Only Lead",
+    "list": "Read-Only Lead",
+    "partitions": "Read-Only Lead",
+    "describe_customobject": "Read-Only Custom Object",
+    "program": "Read-Only Assets",
+    "channel": "Read-Only Assets",
+}
 
 
 @dataclass
@@ -69,12 +78,12 @@ def after_create(reply: str, created: Response) -> Response:
     return http_page(int(reply))
 
 
-def refusal_message(flavour: str, kind: str | None) -> str:
+def refusal_message(flavour: str, endpoint: str, kind: str | None) -> str:
     """The 603 message of a configuration-class refusal; only "access_denied" is the documented text [INF]."""
     if flavour == "ip_allowlist":
         return "Access denied: the caller's IP address is not in the allowlist for IP-based API access"
     if flavour == "permission":
-        permission = _PERMISSIONS.get(kind or "", _DEFAULT_PERMISSION)
+        permission = _READ_PERMISSIONS.get(endpoint) or _IMPORT_PERMISSIONS.get(kind or "", _DEFAULT_PERMISSION)
         return f"Access denied: the API user's role lacks the '{permission}' permission"
     return codes.message("603")
 

@@ -60,6 +60,10 @@ class CustomObjectSchema:
     api_name: str
     fields: Mapping[str, FieldSpec]
     dedupe: tuple[str, ...]
+    # What Describe Custom Object says besides the fields.
+    display_name: str = ""
+    description: str = ""
+    relationships: tuple[Mapping[str, object], ...] = ()
 
 
 @dataclass

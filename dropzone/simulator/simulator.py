@@ -138,7 +138,9 @@ class Simulator:
         """The next ``times`` matching calls get fault ``kind``: ``arm(Fault(kind, endpoint=..., times=...))``.
 
         ``endpoint``: "identity", "import", "status", "failures", "warnings",
-        "usage", "other", or None for any API (non-identity) call.
+        "usage", a describe or target endpoint ("describe_leads",
+        "describe_customobject", "describe_programmember", "list", "program",
+        "channel", "partitions"), "other", or None for any API (non-identity) call.
         """
         with self._lock:
             self._state.faults.inject(kind, times, endpoint, now=self._clock())

@@ -1,7 +1,9 @@
 """The simulated subscription as a pure model: request in, response out.
 
-Owns routing, authentication, limits, faults, jobs and the record of what was
-imported. Has no sockets, threads or clock of its own: every call is handed
+Owns authentication, limits, faults, jobs, the envelopes and the record of
+what was imported; the path table is ``routes``', the describe and target
+records ``describe``'s (every endpoint passes the same token, limit, fault and
+603 gates). Has no sockets, threads or clock of its own: every call is handed
 ``now``, and the caller serialises access (``Simulator`` holds one lock).
 The HTTP edge drives a call in three steps, so that waiting (slow faults) and
 parsing (10 MB bodies) happen outside the lock:
@@ -20,22 +22,21 @@ bodies are ``replies``'.
 from __future__ import annotations
 
 import random
-import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
-from . import codes, faults, imports, replies, rows
+from . import codes, describe, faults, imports, replies, rows
 from .config import SimConfig
 from .faults import Fault, FaultPlan
 from .jobs import Job, JobQueue, JobStatus
 from .limits import DailyQuota, InFlight, RateWindow
 from .replies import CSV_TYPE, JSON_TYPE, Response, http_page, json_bytes
+from .routes import Route, route
 from .tokens import TokenBook
 
-IDENTITY_PATH = "/identity/oauth/token"
 _REDACTED = "<redacted>"
 _SECRET_PARAMS = frozenset({"access_token", "client_secret"})
 # The call log keeps the newest calls only, so a long standalone run stays bounded.
@@ -51,15 +52,6 @@ class Request:
     content_type: str | None = None
     body: bytes = b""
     body_too_large: bool = False
-
-
-@dataclass(frozen=True)
-class Route:
-    endpoint: str
-    kind: str | None
-    methods: tuple[str, ...]
-    params: Mapping[str, str]
-    known: bool = True
 
 
 @dataclass
@@ -78,39 +70,6 @@ class Ticket:
     auth: str | None = None
 
 
-_CO = r"^/bulk/v1/customobjects/(?P<apiName>[^/]+)/import"
-_PM = r"^/bulk/v1/program/members/import/(?P<batchId>\d+)"
-_ROUTES: list[tuple[re.Pattern[str], str, str, tuple[str, ...]]] = [
-    (re.compile(p), endpoint, kind, methods)
-    for p, endpoint, kind, methods in [
-        (r"^/bulk/v1/leads\.json$", "import", "leads", ("POST",)),
-        (r"^/bulk/v1/leads/batch/(?P<batchId>\d+)\.json$", "status", "leads", ("GET",)),
-        (r"^/bulk/v1/leads/batch/(?P<batchId>\d+)/failures\.json$", "failures", "leads", ("GET",)),
-        (r"^/bulk/v1/leads/batch/(?P<batchId>\d+)/warnings\.json$", "warnings", "leads", ("GET",)),
-        (_CO + r"\.json$", "import", "customobject", ("POST",)),
-        (_CO + r"/(?P<batchId>\d+)/status\.json$", "status", "customobject", ("GET",)),
-        (_CO + r"/(?P<batchId>\d+)/failures\.json$", "failures", "customobject", ("GET",)),
-        (_CO + r"/(?P<batchId>\d+)/warnings\.json$", "warnings", "customobject", ("GET",)),
-        (r"^/bulk/v1/program/(?P<programId>[^/]+)/members/import\.json$", "import", "programmember", ("POST",)),
-        (_PM + r"/status\.json$", "status", "programmember", ("GET",)),
-        (_PM + r"/failures\.json$", "failures", "programmember", ("GET",)),
-        (_PM + r"/warnings\.json$", "warnings", "programmember", ("GET",)),
-        (r"^/rest/v1/stats/usage\.json$", "usage", "stats", ("GET",)),
-    ]
-]
-
-
-def route(path: str) -> Route:
-    """Which endpoint a path is; unknown paths are ``known=False`` (610)."""
-    if path == IDENTITY_PATH:
-        return Route("identity", None, ("GET", "POST"), {})
-    for pattern, endpoint, kind, methods in _ROUTES:
-        match = pattern.match(path)
-        if match:
-            return Route(endpoint, kind, methods, {k: unquote(v) for k, v in match.groupdict().items()})
-    return Route("other", None, (), {}, known=False)
-
-
 def parse_query(raw: str) -> dict[str, str]:
     """First value of each parameter, URL-decoded (``On%20List`` and ``On+List`` alike)."""
     return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
@@ -127,6 +86,7 @@ class SimState:
     def __init__(self, cfg: SimConfig, *, now: float) -> None:
         self.cfg = cfg
         self.schemas = imports.Schemas(cfg)
+        self._denied = cfg.denied()
         seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**32)
         # Separate streams: minting a token must not shift the fault draws of a seeded run.
         # Not cryptographic on purpose: a seed must reproduce a run.
@@ -226,9 +186,13 @@ class SimState:
             self.rate.refund(now)
             return self._error("607")
         # A configuration-class refusal (603) comes after the token and counts toward the limits.
+        asset = rt.endpoint in codes.ASSET_ENDPOINTS
         denied = self._take(ticket, faults.REFUSE, now)
         if denied is not None:
-            return self._error("603", message=replies.refusal_message(denied.param("flavour"), rt.kind))
+            text = replies.refusal_message(denied.param("flavour"), rt.endpoint, rt.kind)
+            return self._error("603", message=text, asset=asset)
+        if rt.endpoint in self._denied:
+            return self._error("603", asset=asset)
         return self._endpoint(ticket, now)
 
     def end(self, ticket: Ticket, now: float, response: Response | None, *, delivered: bool = True) -> None:
@@ -360,6 +324,8 @@ class SimState:
             return self._submit(ticket, now)
         if rt.endpoint == "usage":
             return self._usage(now)
+        if rt.endpoint in codes.DESCRIBE_ENDPOINTS:
+            return self._describe(ticket)
         job = self._find(rt, now)
         if job is None:
             batch = rt.params.get("batchId")
@@ -370,11 +336,23 @@ class SimState:
 
     def _usage(self, now: float) -> Response:
         """The day's calls, every API user's (this call included: it was counted on the way in)."""
-        if self.cfg.usage_denied:
-            return self._error("603")
         date, total, users = self.quota.today(now)
         split = [{"userId": user, "count": n} for user, n in sorted(users.items())]
         return self._ok([{"date": date, "total": total, "users": split}])
+
+    def _describe(self, ticket: Ticket) -> Response:
+        rt = ticket.route
+        found = describe.answer(rt.endpoint, rt.params, ticket.request.query, self.schemas, self.cfg)
+        asset = rt.endpoint in codes.ASSET_ENDPOINTS
+        if found.error is not None:
+            code, text = found.error
+            return self._error(code, message=text, asset=asset)
+        body: dict[str, Any] = {"requestId": self.request_id(), "success": True}
+        if asset:
+            body.update(errors=[], warnings=list(found.warnings))
+        if found.result is not None:
+            body["result"] = found.result
+        return Response(200, json_bytes(body), JSON_TYPE, 200)
 
     def _take(self, ticket: Ticket, stage: str, now: float, pm: bool = False) -> Fault | None:
         """Consume the armed fault of ``stage`` for this call, if any, and note it in the log."""
@@ -521,9 +499,13 @@ class SimState:
     def _ok(self, result: list[dict[str, Any]]) -> Response:
         return Response(200, json_bytes(self._envelope(*result)), JSON_TYPE, 200)
 
-    def _error(self, code: str, *, message: str | None = None, **values: object) -> Response:
+    def _error(self, code: str, *, message: str | None = None, asset: bool = False, **values: object) -> Response:
+        """The error envelope; the Asset API's (``asset``) also carries an empty ``warnings``."""
         text = message if message is not None else codes.message(code, **values)
-        body = {"requestId": self.request_id(), "success": False, "errors": [{"code": code, "message": text}]}
+        body: dict[str, Any] = {"requestId": self.request_id(), "success": False}
+        body["errors"] = [{"code": code, "message": text}]
+        if asset:
+            body["warnings"] = []
         return Response(200, json_bytes(body), JSON_TYPE, code)
 
 
