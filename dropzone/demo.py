@@ -35,6 +35,14 @@ SAMPLES = {
     "members_demo.ssv": "email;firstName\ndan@example.com;Dan\nnot-an-email;Eve\n",
     # The example configuration sends test_*.csv to its second instance, "sandbox".
     "test_demo.csv": "email,firstName\nfrank@example.com,Frank\n",
+    # A partner's own column names, mapped by the route's columns; its constant leadSource is added.
+    "expo_demo.csv": (
+        "E-mail Address,First Name,Internal Ref\n"
+        "gina@example.com,Gina,A-17\n"
+        "hal@example.com,Hal,A-18\n"
+    ),
+    # A typo in the header: the pre-flight rejects it before it takes a place in Marketo's queue.
+    "leads_typo.csv": "email,firstNme\nivy@example.com,Ivy\n",
 }
 
 
