@@ -100,8 +100,10 @@ RESUBMIT_HOLD_MAX_S: Final = 1_800.0
 
 MAX_IDLE_S: Final = 1.0
 """Longest the loop sleeps when nothing is due; hints from the watchers wake it earlier."""
-CLAIMS_PER_PASS: Final = 50
-"""Files one inbox may claim in one pass, so others (and the heartbeat) get their turn."""
+CLAIMS_PER_PASS: Final = 200
+"""Files one inbox may claim in one pass, so others (and the heartbeat) get their turn. They are
+claimed as a batch (two journal transactions and one fsync per folder for all of them): about
+0.3 ms a file, so a pass of claims stays well under a tenth of a second."""
 PREPARES_PER_PASS: Final = 4
 """Files split in one pass; a split may take seconds."""
 TRACKED_PER_INBOX: Final = 10_000

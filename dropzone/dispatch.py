@@ -26,6 +26,7 @@ the answer is collected. One chunk's trouble is that chunk's.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ import structlog
 from dropzone import calls as calls_module
 from dropzone import health, jobs, polling
 from dropzone.calls import Attempt, Downloaded, Inline
+from dropzone.defaults import MARKETO_MAX_OPEN_IMPORTS
 from dropzone.errors import Interrupted, MarketoError, QuotaExceededError, StoreError, WouldWaitError
 from dropzone.instances import MarketoSettings
 from dropzone.jobs import ChunkAction, ChunkState, FileState, Pause, PollAction
@@ -49,6 +51,9 @@ log = structlog.get_logger("dropzone.dispatch")
 
 #: States in which a chunk's bytes may be at Marketo and its batch is not finished with.
 SENT = (ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING)
+#: Pending chunks a submit pass looks at per inbox and import target: more than it can send in a
+#: pass (one per free slot, one per list), with room for chunks held back after an unknown outcome.
+PENDING_HEADS = 4 * MARKETO_MAX_OPEN_IMPORTS
 
 
 @dataclass
@@ -126,6 +131,8 @@ class Dispatch:
     #: Journal writes a brief journal error kept from being made, in order: made before anything else.
     _unsaved: list[Callable[[], None]] = field(default_factory=list)
     _last_inbox: str | None = None
+    #: (journal changes, settings, until when) as of a submit pass that found nothing to send.
+    _idle_mark: tuple[int, MarketoSettings, float] | None = None
 
     @property
     def name(self) -> str:
@@ -234,14 +241,20 @@ class Dispatch:
             return False
         # Leave a thread for polls: an upload may take minutes.
         most = max(1, self.settings.max_concurrent_calls - 1)
-        if self._count("submit") >= most:
+        if self._count("submit") >= most or self._nothing_new(now):
             return False
-        pending = [c for c in self.store.chunks([ChunkState.PENDING], instance=self.name) if c.id not in self._running]
+        open_chunks = self.store.chunks(jobs.CHUNK_OPEN, instance=self.name)
+        pending = [] if len(open_chunks) >= self.settings.max_open_imports else [
+            c for c in self.store.pending_heads(self.name, per_route=PENDING_HEADS) if c.id not in self._running
+        ]
         if not pending:
+            self._found_nothing(now, pending)
             return False
         wall = self.wall()
-        files = {row.id: row for row in self.store.files([FileState.SPLIT])}
-        open_chunks = self.store.chunks(jobs.CHUNK_OPEN, instance=self.name)
+        files = {
+            row.id: row
+            for row in self.store.files_with_ids({c.file_id for c in [*pending, *open_chunks]}, [FileState.SPLIT])
+        }
         busy_lists = {self._list_of(files.get(c.file_id)) for c in open_chunks}
         busy_lists |= {lid for lid, until in self.pauses.lists_until.items() if until > now}
         candidates = [
@@ -279,7 +292,21 @@ class Dispatch:
                     n_open += 1  # submitting counts as open until its answer says otherwise
                     if pick.list_id is not None:
                         busy_lists.add(pick.list_id)
+        if not busy:
+            self._found_nothing(now, pending)
         return busy
+
+    def _nothing_new(self, now: float) -> bool:
+        """The last look found nothing to send, and neither the journal nor a hold has changed since."""
+        mark = self._idle_mark
+        return mark is not None and mark[:2] == (self.store.changes, self.settings) and now < mark[2]
+
+    def _found_nothing(self, now: float, pending: list[ChunkRow]) -> None:
+        """Nothing could be sent: skip the journal's queries until it changes or a hold ends."""
+        wall = self.wall()
+        ends = [t for t in (*self.pauses.lists_until.values(), *self.pauses.targets_until.values()) if t > now]
+        ends += [now + c.not_before - wall for c in pending if c.not_before is not None and c.not_before > wall]
+        self._idle_mark = (self.store.changes, self.settings, min(ends, default=math.inf))
 
     def _submits_paused(self, now: float) -> bool:
         return now < max(self.pauses.submits_until, self.pauses.api_until)

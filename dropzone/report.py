@@ -111,7 +111,7 @@ class Report:
 
     def _settle(self) -> bool:
         busy = False
-        for row in self.store.files([FileState.SPLIT]):
+        for row in self.store.files_to_settle():
             chunks = self.store.chunks_of(row.id)
             if not all(c.state in jobs.CHUNK_FINAL for c in chunks):
                 continue

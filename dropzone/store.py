@@ -20,9 +20,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dropzone import store_queries as queries
 from dropzone.defaults import DEFAULT_INSTANCE
 from dropzone.errors import StoreError
-from dropzone.jobs import ChunkState, FileState, Outcome, check_chunk_transition, check_file_transition
+from dropzone.jobs import CHUNK_FINAL, ChunkState, FileState, Outcome, check_chunk_transition, check_file_transition
 from dropzone.kinds import FileFormat
 from dropzone.targets import ImportTarget
 
@@ -186,6 +187,16 @@ class NewChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class NewClaim:
+    inbox: Path
+    relpath: str
+    processing_path: Path
+    size: int
+    dev: int
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
 class Counts:
     """A batch's counters as Marketo gave them; None: not given."""
 
@@ -264,6 +275,10 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create state_dir {state_dir}: {exc.strerror}") from None
         self._lock_fd: int | None = None
+        #: Committed transactions so far: a stage that found nothing to do skips its queries until this moves.
+        self.changes = 0
+        #: Split files a chunk of which became final since report last looked (None: not known, look at all).
+        self._unsettled: set[int] | None = None
         if lock:
             self._take_lock()
         try:
@@ -274,6 +289,8 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate(write=lock)
+            for statement in queries.INDEXES if lock else ():
+                self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"the journal {state_dir / DB_NAME} is unusable: {exc}") from None
@@ -335,6 +352,7 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        self.changes += 1
 
     # ---- files: one verb per transition, one transaction each -----------------
 
@@ -342,17 +360,26 @@ class Store:
         self, *, inbox: Path, relpath: str, processing_path: Path, size: int, dev: int, ino: int
     ) -> int:
         """Saved before the rename into the processing area (``claiming``)."""
-        with self.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO files (inbox, relpath, processing_path, state, size, received_at, dev, ino)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (_b(inbox), os.fsencode(relpath), _b(processing_path), FileState.CLAIMING, size, utc_now(), dev, ino),
-            )
-            return int(cur.lastrowid or 0)
+        [file_id] = self.begin_claims([NewClaim(inbox, relpath, processing_path, size, dev, ino)])
+        return file_id
 
-    def confirm_claim(self, file_id: int) -> None:
+    def begin_claims(self, claims: Sequence[NewClaim]) -> list[int]:
+        """``begin_claim`` for a batch, in one transaction (one fsync): the ids, in order."""
         with self.transaction() as db:
-            self._move(db, "files", file_id, FileState.CLAIMED)
+            return [
+                int(db.execute(
+                    "INSERT INTO files (inbox, relpath, processing_path, state, size, received_at, dev, ino)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
+                    (_b(c.inbox), os.fsencode(c.relpath), _b(c.processing_path), FileState.CLAIMING, c.size,
+                     utc_now(), c.dev, c.ino),
+                ).lastrowid or 0)
+                for c in claims
+            ]
+
+    def confirm_claim(self, *file_ids: int) -> None:
+        with self.transaction() as db:
+            for file_id in file_ids:
+                self._move(db, "files", file_id, FileState.CLAIMED)
 
     def forget_claim(self, file_id: int) -> None:
         """The rename never happened (the file vanished or was taken): no trace should remain."""
@@ -372,6 +399,7 @@ class Store:
         """Record a file's chunks and where they go, and move it to ``split``."""
         with self.transaction() as db:
             self._move(db, "files", file_id, FileState.SPLIT)
+            self._hint_settle(file_id)  # as if its chunks had changed: a file without any is settled at once
             db.execute(
                 "UPDATE files SET route=?, fmt=?, rows=? WHERE id=?", (target.to_json(), fmt.value, rows, file_id)
             )
@@ -393,6 +421,8 @@ class Store:
         """The outcome is known (or the file was refused): move it to ``finishing``."""
         with self.transaction() as db:
             self._move(db, "files", file_id, FileState.FINISHING)
+            if self._unsettled is not None:
+                self._unsettled.discard(file_id)
             db.execute(
                 "UPDATE files SET outcome=?, error=?, error_line=? WHERE id=?",
                 (outcome.value, _text(error), line, file_id),
@@ -431,16 +461,39 @@ class Store:
             raise KeyError(file_id)
         return _file_row(row)
 
-    def files(self, states: Iterable[FileState] | None = None, *, limit: int | None = None) -> list[FileRow]:
+    def files(
+        self, states: Iterable[FileState] | None = None, *, limit: int | None = None, first: int | None = None
+    ) -> list[FileRow]:
+        """Files in these states in order of receipt: all, the ``first`` N or the last ``limit``."""
         sql, args = "SELECT * FROM files", []
         if states is not None:
             wanted = list(states)
             sql += f" WHERE state IN ({','.join('?' * len(wanted))})"
             args.extend(wanted)
         sql += " ORDER BY id"
+        if first is not None:
+            sql += f" LIMIT {int(first)}"
         if limit is not None:
             sql = f"SELECT * FROM ({sql.replace(' ORDER BY id', ' ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY id"  # noqa: S608 - our query, values bound, limit an int
         return [_file_row(r) for r in self._db.execute(sql, args)]
+
+    def files_with_ids(self, ids: Iterable[int], states: Iterable[FileState]) -> list[FileRow]:
+        """These files (those in these states), in order of receipt: a pass loads what it works on, no more."""
+        return [_file_row(r) for r in queries.files_with_ids(self._db, ids, states)]
+
+    def files_to_settle(self) -> list[FileRow]:
+        """Split files whose chunks are all final; only those a chunk of which changed since the last call.
+
+        The first call (after a start) looks at every split file. A file stays named until it is
+        settled, so a pass that failed on it tries it again.
+        """
+        rows = [_file_row(r) for r in queries.files_to_settle(self._db, self._unsettled)]
+        self._unsettled = {row.id for row in rows}  # the others are named again when a chunk of theirs changes
+        return rows
+
+    def _hint_settle(self, file_id: int) -> None:
+        if self._unsettled is not None:
+            self._unsettled.add(file_id)
 
     def holds(self, dev: int, ino: int) -> bool:
         """Whether a file in flight (claimed, not yet done) is this device and inode."""
@@ -560,6 +613,12 @@ class Store:
         rows = self._db.execute(f"SELECT * FROM chunks WHERE {sql} ORDER BY file_id, idx", args)  # noqa: S608
         return [_chunk_row(r) for r in rows]
 
+    def pending_heads(self, instance: str, *, per_route: int) -> list[ChunkRow]:
+        """The oldest ``per_route`` pending chunks of each inbox and import target of one instance, in order
+        of receipt: what a submit pass can choose from (one per slot, one per list), not the whole backlog."""
+        rows = [_chunk_row(r) for r in queries.pending_heads(self._db, instance, per_route)]
+        return sorted(rows, key=lambda c: (c.file_id, c.index))
+
     def chunk_instances(self, states: Iterable[ChunkState]) -> set[str]:
         """The instances that own chunks in these states."""
         sql, args = _where_chunks(states, None)
@@ -573,19 +632,21 @@ class Store:
             out[key] = out.get(key, 0) + n
         return out
 
-    @staticmethod
     def _move(
-        db: sqlite3.Connection, table: str, row_id: int, new: FileState | ChunkState, *, again: bool = False
+        self, db: sqlite3.Connection, table: str, row_id: int, new: FileState | ChunkState, *, again: bool = False
     ) -> None:
         """Check and make one transition; ``again``: staying in ``new`` is allowed too (a verb that repeats)."""
-        found = db.execute(f"SELECT state FROM {table} WHERE id=?", (row_id,)).fetchone()  # noqa: S608 - ours
+        owner = "file_id" if table == "chunks" else "id"
+        found = db.execute(f"SELECT state, {owner} FROM {table} WHERE id=?", (row_id,)).fetchone()  # noqa: S608 - ours
         if found is None:
             raise KeyError(row_id)
-        if not (again and found[0] == new):
+        if table == "chunks" and new in CHUNK_FINAL:
+            self._hint_settle(found["file_id"])
+        if not (again and found["state"] == new):
             if table == "files":
-                check_file_transition(FileState(found[0]), FileState(new))
+                check_file_transition(FileState(found["state"]), FileState(new))
             else:
-                check_chunk_transition(ChunkState(found[0]), ChunkState(new))
+                check_chunk_transition(ChunkState(found["state"]), ChunkState(new))
         db.execute(f"UPDATE {table} SET state=? WHERE id=?", (new.value, row_id))  # noqa: S608
 
     @staticmethod

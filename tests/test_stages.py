@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dropzone import errors, health
+from dropzone import errors, health, safefs
+from dropzone import intake as intake_module
 from dropzone.config import Config, Inbox
 from dropzone.dispatch import Dispatch
 from dropzone.intake import Intake
@@ -133,6 +134,54 @@ class TestIntake:
         intake.run_once(0.0)
         assert intake.waiting(0.0)[0] == 0  # never-ready names do not count as waiting
         assert intake.run_once(QUIET + 0.01) is False
+
+
+class TestIntakeCost:
+    """A pass costs what changed: never a look at every file tracked."""
+
+    def marker_inbox(self, tmp_path: Path) -> Inbox:
+        routes = '\n      - match: "*.csv"\n        object: leads\n        marker: true\n'
+        return make_config(tmp_path, "http://127.0.0.1:9", routes=routes).inboxes[0]
+
+    def test_a_pass_with_nothing_new_looks_at_nothing(self, tmp_path, store, monkeypatch):
+        inbox = self.marker_inbox(tmp_path)
+        for i in range(20):
+            (inbox.path / f"f{i}.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)  # the scan: first sight of each
+        assert intake.next_due() == QUIET
+        assert intake.run_once(QUIET + 0.01) is False  # each looked at once more: no marker
+        assert intake.next_due() is None
+        looked: list[str] = []
+        real = safefs.Root.stat
+        monkeypatch.setattr(safefs.Root, "stat", lambda root, rel: looked.append(rel) or real(root, rel))
+        for now in (0.3, 0.4, 0.49):  # before the next scan (scan_interval 0.5)
+            assert intake.run_once(now) is False
+        assert looked == []
+        assert intake.waiting(0.49) == (20, 0.0)
+
+    def test_a_marker_that_arrives_brings_its_file_along(self, tmp_path, store):
+        inbox = self.marker_inbox(tmp_path)
+        (inbox.path / "a.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        assert intake.run_once(QUIET + 0.01) is False
+        (inbox.path / "a.csv.done").write_bytes(b"")
+        intake.hint("a.csv.done")  # only the marker's event: no scan
+        assert intake.run_once(QUIET + 0.02) is True
+        assert [r.relpath for r in store.files([FileState.CLAIMED])] == ["a.csv"]
+
+    def test_ready_files_beyond_a_pass_are_claimed_in_the_next(self, inbox, store, monkeypatch):
+        monkeypatch.setattr(intake_module.D, "CLAIMS_PER_PASS", 3)
+        for i in range(5):
+            (inbox.path / f"leads_{i}.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        assert intake.run_once(QUIET + 0.01) is True
+        assert len(store.files([FileState.CLAIMED])) == 3
+        assert intake.run_once(QUIET + 0.02) is True
+        assert len(store.files([FileState.CLAIMED])) == 5
+        assert sorted(p.name for p in inbox.path.iterdir()) == [".processing"]
 
 
 class TestPrepare:

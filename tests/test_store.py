@@ -729,7 +729,10 @@ class TestMigration:
             assert chunk_columns["instance"] and not chunk_columns["endpoint"]
             named = "SELECT name, tbl_name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"
             indexes = dict(db.execute(named))
-            assert indexes == {"files_state": "files", "chunks_state": "chunks", "chunks_instance_state": "chunks"}
+            assert indexes == {
+                "files_state": "files", "files_identity": "files", "files_route": "files", "chunks_state": "chunks",
+                "chunks_instance_state": "chunks",
+            }
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         finally:
