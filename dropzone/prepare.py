@@ -121,7 +121,9 @@ class Prepare:
     def run_once(self, now: float) -> bool:
         """Split up to a few claimed files; True when one moved on."""
         busy = False
-        rows = [r for r in self.store.files([FileState.CLAIMED]) if self._settled(r, now)]
+        # The oldest few, not the whole backlog: files still changing after their claim are skipped over.
+        oldest = self.store.files([FileState.CLAIMED], first=D.PREPARES_PER_PASS + len(self._growing))
+        rows = [r for r in oldest if self._settled(r, now)]
         for row in rows[: D.PREPARES_PER_PASS]:
             self.heartbeat()
             with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath):
