@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from dropzone.journal_schema import Counts
+from dropzone.journal_schema import ChunkRow, Counts, FileRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,15 @@ class Part:
     size: int  # the chunk file's bytes, its header included
     key: MergeKey | None  # None: never merged (``coalesce: false``, or already in an import of its own)
     not_before: float | None = None  # wall-clock seconds: held until then (a possible copy is waited out)
+
+
+def part_of(chunk: ChunkRow, row: FileRow) -> Part:
+    """A pending chunk of the file ``row`` as coalescing sees it: never merged unless its route lets its
+    file share imports (a header was kept) and it is in no import of its own yet."""
+    key = None
+    if chunk.group_id is None and row.header is not None and row.target is not None and row.fmt is not None:
+        key = MergeKey(str(row.inbox), chunk.instance, row.target.to_json(), row.fmt.value, row.header)
+    return Part(chunk.id, chunk.file_id, chunk.index, chunk.size, key, chunk.not_before)
 
 
 def line_ending(header: bytes) -> bytes:
@@ -110,4 +119,6 @@ def shares_add_up(batch: Counts, shares: Sequence[Counts]) -> bool:
     return not (known and sum(p or 0 for p in processed) > (batch.processed or 0))
 
 
-__all__ = ["MergeKey", "Part", "gather", "line_ending", "merged_bytes", "share_counts", "shares_add_up"]
+__all__ = [
+    "MergeKey", "Part", "gather", "line_ending", "merged_bytes", "part_of", "share_counts", "shares_add_up",
+]

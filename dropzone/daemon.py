@@ -105,6 +105,8 @@ class Daemon:
             self.store, self.inbox_of, config.state_dir, self.metrics, self._heartbeat, pins=self.pins
         )
         self.last_tick = clock()
+        self._gauges_at = 0.0
+        self._queued: dict[str, int] = {}  # chunks waiting to be sent, by instance, as of ``_gauges_at``
 
     @property
     def dispatch(self) -> Dispatch:
@@ -252,14 +254,17 @@ class Daemon:
             self.close()
 
     def idle(self) -> None:
-        """Wait until a hint arrives, a poll is due, or ``max_idle`` has passed."""
+        """Wait until a hint arrives, a poll is due, a file's quiet period ends, or ``max_idle`` has passed."""
         self._heartbeat()
         wait = self.max_idle
-        next_poll = min((t for d in self._stages() if (t := d.next_due()) is not None), default=None)
-        if next_poll is not None:
-            wait = min(wait, max(0.0, next_poll - self.clock()))
+        # A file's quiet period ending is a deadline like a poll's: waking then, not at the next
+        # ``max_idle`` tick, is what keeps detection within the quiet period.
+        due = [d.next_due() for d in self._stages()] + [i.next_due() for i in self.intakes.values()]
+        soonest = min((t for t in due if t is not None), default=None)
+        if soonest is not None:
+            wait = min(wait, max(0.0, soonest - self.clock()))
         try:
-            hint = self.hints.get(timeout=max(wait, 0.01))
+            hint = self.hints.get(timeout=max(wait, 0.001))
         except queue.Empty:
             return
         self.hints.put(hint)
@@ -309,9 +314,12 @@ class Daemon:
         now = self.clock()
         counts = [i.waiting(now) for i in self.intakes.values()]
         self.metrics.set_waiting(sum(n for n, _ in counts), min((t for _, t in counts if t is not None), default=None))
+        if now >= self._gauges_at:  # counting queued chunks is O(backlog); open batches are at hand
+            self._gauges_at = now + D.GAUGES_EVERY_S
+            states = [ChunkState.PENDING, ChunkState.SUBMITTING]
+            self._queued = {name: self.store.count_chunks(states, instance=name) for name in self.dispatches}
         for name, dispatch in self.dispatches.items():
-            queued = self.store.count_chunks([ChunkState.PENDING, ChunkState.SUBMITTING], instance=name)
-            dispatch.metrics.set_batches(open=dispatch.open_batches(), queued=queued)
+            dispatch.metrics.set_batches(open=dispatch.open_batches(), queued=self._queued.get(name, 0))
 
     # ---- instances --------------------------------------------------------
 

@@ -157,8 +157,13 @@ DRAIN_DEADLINE_S: Final = 3600.0
 """How long the stage of an instance a reload removed keeps finishing what it sent; then what is
 left is reported as of unknown outcome (a Marketo that never answers must not hold files forever)."""
 """Longest the loop sleeps when nothing is due; hints from the watchers wake it earlier."""
-CLAIMS_PER_PASS: Final = 50
-"""Files one inbox may claim in one pass, so others (and the heartbeat) get their turn."""
+CLAIMS_PER_PASS: Final = 200
+"""Files one inbox may claim in one pass, so others (and the heartbeat) get their turn. They are
+claimed as a batch (two journal transactions and one fsync per folder for all of them): about
+0.3 ms a file, so a pass of claims stays well under a tenth of a second."""
+GAUGES_EVERY_S: Final = 1.0
+"""Seconds between two updates of the queued-chunks gauges: counting a backlog's chunks costs
+O(backlog), and once a second is fresh enough for /metrics."""
 PREPARES_PER_PASS: Final = 4
 """Files split in one pass; a split may take seconds."""
 TRACKED_PER_INBOX: Final = 10_000

@@ -42,7 +42,7 @@ from typing import Any
 import structlog
 
 from dropzone import calls as calls_module
-from dropzone import coalescing, health, jobs, merging, polling, results
+from dropzone import coalescing, health, jobs, merging, polling, results, submit_idle
 from dropzone import defaults as D
 from dropzone.calls import Attempt, Downloaded, Inline
 from dropzone.errors import Interrupted, MarketoError, StoreError, WouldWaitError
@@ -58,6 +58,9 @@ log = structlog.get_logger("dropzone.dispatch")
 #: States in which a chunk's bytes may be at Marketo and its batch is not finished with.
 SENT = (ChunkState.SUBMITTING, ChunkState.SUBMITTED, ChunkState.FETCHING)
 _USAGE = -1  # the usage.json call's key in ``Dispatch._running``, where chunk ids are positive
+#: Pending chunks a submit pass looks at per inbox and import target: more than it can send in a
+#: pass (one per free slot, one per list), with room for chunks held back after an unknown outcome.
+PENDING_HEADS = 4 * D.MARKETO_MAX_OPEN_IMPORTS
 
 
 @dataclass
@@ -112,6 +115,8 @@ class Dispatch:
     _last_inbox: str | None = None
     #: The daily quota: when to ask usage.json, whether new imports wait for its reset.
     quota: QuotaGuard = field(default_factory=QuotaGuard)
+    #: The last submit look, if it sent nothing: skipped until something it depended on changes.
+    _idle: submit_idle.SubmitIdle = field(default_factory=submit_idle.SubmitIdle)
 
     @property
     def name(self) -> str:
@@ -158,6 +163,7 @@ class Dispatch:
 
     def _finish(self, chunk_id: int, now: float) -> None:
         call = self._running.pop(chunk_id)
+        self._idle.clear()  # an answer may free a thread, end a wait, pause a target: look again
         attempt = call.future.result()  # Interrupted (shutdown) is raised here, on the loop's thread
         try:
             call.apply(attempt.value, attempt.error, now)
@@ -222,13 +228,7 @@ class Dispatch:
     def _imports(self, states: list[ChunkState]) -> list[ChunkRow]:
         """This instance's sent imports in these states, each once, as its first chunk (the one verbs are
         given): only what went to this stage's endpoint (a moved instance's old stage has the rest)."""
-        seen: set[int] = set()
-        out = []
-        for chunk in self.store.chunks(states, instance=self.name, endpoint=self._endpoint):
-            if chunk.batch_key not in seen:
-                seen.add(chunk.batch_key)
-                out.append(chunk if chunk.id == chunk.batch_key else self.store.chunk(chunk.batch_key))
-        return out
+        return self.store.imports(states, instance=self.name, endpoint=self._endpoint)
 
     # ---- introspection ----------------------------------------------------------
 
@@ -257,16 +257,24 @@ class Dispatch:
             return False
         # Leave a thread for polls: an upload may take minutes.
         most = max(1, self.settings.max_concurrent_calls - 1)
-        if self._count("submit") >= most:
+        if self._count("submit") >= most or self._idle.holds(self._facts(now)):
             return False
-        pending = [c for c in self.store.chunks([ChunkState.PENDING], instance=self.name) if c.id not in self._running]
+        opened = self.store.imports(jobs.CHUNK_OPEN, instance=self.name, endpoint=self._endpoint)
+        full, wall = len(opened) >= self.settings.max_open_imports, self.wall()
+        # Every slot taken: nothing can go, so no pending chunk is loaded (a backlog's passes are mostly these).
+        heads = [] if full else self.store.pending_heads(
+            self.name, per_route=PENDING_HEADS, budget=self.split_max_bytes, wall=wall
+        )
+        pending = [c for c in heads if c.id not in self._running]
+        waiting = bool(pending) or (full and self.store.has_pending(self.name))
+        if waiting:
+            self._ask_usage(now)  # while chunks wait, as if every pass looked
         if not pending:
+            self._found_nothing(now, [], waiting=waiting)
             return False
-        self._ask_usage(now)
-        wall = self.wall()
-        files = {row.id: row for row in self.store.files([FileState.SPLIT])}
-        open_chunks = self.store.chunks(jobs.CHUNK_OPEN, instance=self.name, endpoint=self._endpoint)
-        busy_lists = {self._list_of(files.get(c.file_id)) for c in open_chunks}
+        loaded = self.store.files_with_ids({c.file_id for c in [*pending, *opened]}, [FileState.SPLIT])
+        files = {row.id: row for row in loaded}
+        busy_lists = {self._list_of(files.get(c.file_id)) for c in opened}
         busy_lists |= {lid for lid, until in self.pauses.lists_until.items() if until > now}
         # A chunk already in a shared import moves with it: only that import's first chunk is a candidate.
         ready = [
@@ -275,7 +283,7 @@ class Dispatch:
             and (c.not_before is None or c.not_before <= wall)
             and self.pauses.targets_until.get(self._target_key(files[c.file_id]), 0.0) <= now
         ]
-        parts = {c.id: self._part(c, files[c.file_id]) for c in ready}
+        parts = {c.id: coalescing.part_of(c, files[c.file_id]) for c in ready}
         candidates = [
             jobs.Candidate(
                 chunk_id=c.id, inbox=str(files[c.file_id].inbox), file_id=c.file_id, index=c.index,
@@ -284,7 +292,7 @@ class Dispatch:
             for c in ready
         ]
         busy = False
-        n_open = len({c.batch_key for c in open_chunks})
+        n_open = len(opened)
         while candidates and self._count("submit") < most and not self._submits_paused(now):
             slots = jobs.Slots(
                 open=n_open,
@@ -309,13 +317,18 @@ class Dispatch:
                     n_open += 1  # submitting counts as open until its answer says otherwise
                     if pick.list_id is not None:
                         busy_lists.add(pick.list_id)
+        if not busy and not self._submits_paused(now):  # a pause is checked at every pass: no mark for it
+            self._found_nothing(now, pending, waiting=True)
         return busy
 
-    def _part(self, chunk: ChunkRow, row: FileRow) -> coalescing.Part:
-        key = None
-        if chunk.group_id is None and row.header is not None and row.target is not None and row.fmt is not None:
-            key = coalescing.MergeKey(str(row.inbox), chunk.instance, row.target.to_json(), row.fmt.value, row.header)
-        return coalescing.Part(chunk.id, chunk.file_id, chunk.index, chunk.size, key, chunk.not_before)
+    def _facts(self, now: float) -> submit_idle.Facts:
+        config = (self.settings, self.draining, self.split_max_bytes)
+        return submit_idle.Facts(self.store.changes, config, now, self.wall(), usage_due=self.quota.due(now))
+
+    def _found_nothing(self, now: float, pending: list[ChunkRow], *, waiting: bool) -> None:
+        holds = [*self.pauses.lists_until.values(), *self.pauses.targets_until.values()]
+        self._idle.found_nothing(self._facts(now), pauses_until=holds, held_until=[c.not_before for c in pending],
+                                 waiting=waiting)
 
     def _submits_paused(self, now: float) -> bool:
         paused = self.pauses.submits_paused(now)

@@ -7,6 +7,10 @@ Kept apart from the verbs so each upgrade reads as one list of statements.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +186,18 @@ class NewChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class NewClaim:
+    """A file about to be claimed (``Store.begin_claims``): where it is, where it goes, what it is."""
+
+    inbox: Path
+    relpath: str
+    processing_path: Path
+    size: int
+    dev: int
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
 class Results:
     """One chunk's result files in the work area, and counters Marketo left out (or a shared batch's share)."""
 
@@ -197,3 +213,48 @@ class Counts:
     processed: int | None = None
     failed: int | None = None
     warned: int | None = None
+
+
+def file_row(r: sqlite3.Row) -> FileRow:
+    return FileRow(
+        id=r["id"],
+        inbox=Path(os.fsdecode(r["inbox"])),
+        relpath=os.fsdecode(r["relpath"]),
+        processing_path=Path(os.fsdecode(r["processing_path"])),
+        state=FileState(r["state"]),
+        size=r["size"],
+        received_at=r["received_at"],
+        target=_target(r["route"]),
+        fmt=FileFormat(r["fmt"]) if r["fmt"] else None,
+        rows=r["rows"],
+        outcome=Outcome(r["outcome"]) if r["outcome"] else None,
+        error=r["error"],
+        error_line=r["error_line"],
+        notes=json.loads(r["notes"]),
+        finished_at=r["finished_at"],
+        outbox_files=json.loads(r["outbox_files"]) if r["outbox_files"] else None,
+        archived_to=_p(r["archived_to"]),
+        dev=r["dev"],
+        ino=r["ino"],
+        header=r["header"],
+    )
+
+
+def chunk_row(r: sqlite3.Row) -> ChunkRow:
+    values = {f.name: r[f.name if f.name != "index" else "idx"] for f in dataclasses.fields(ChunkRow)}
+    for name in ("path", "failures_path", "warnings_path", "upload_path"):
+        values[name] = _p(values[name])
+    values["state"] = ChunkState(values["state"])
+    return ChunkRow(**values)
+
+
+def _p(raw: bytes | None) -> Path | None:
+    return None if raw is None else Path(os.fsdecode(raw))
+
+
+def _target(raw: str | None) -> ImportTarget | None:
+    if not raw:
+        return None
+    doc = json.loads(raw)
+    doc.pop("format", None)  # schema 1 kept the format in the route
+    return ImportTarget.from_json(json.dumps(doc))

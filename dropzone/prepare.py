@@ -184,23 +184,40 @@ class Prepare:
     _growing: dict[int, _Growing] = field(default_factory=dict)
     #: Files that named an unknown column and waited for a fresh describe: rejected if they still do.
     _rechecked: set[int] = field(default_factory=set)
+    #: Files the last pass skipped over for the pre-flight: the next pass starts by looking that much further.
+    _skipped: int = 0
 
     def run_once(self, now: float) -> bool:
         """Split up to a few claimed files; True when one moved on."""
         busy = self.preflight.run_once(now) if self.preflight is not None else False
-        started = 0
-        for row in self.store.files([FileState.CLAIMED]):
-            if started >= D.PREPARES_PER_PASS:
+        # The oldest few, not the whole backlog. Skipped over: files still changing after their claim,
+        # and those the pre-flight holds (a wrong target) or keeps waiting, which must not starve the
+        # files behind them: the look goes on, further each time, until a few start or none are left.
+        window = D.PREPARES_PER_PASS + len(self._growing) + self._skipped
+        started = skipped = 0
+        looked: set[int] = set()
+        while True:
+            rows = self.store.files([FileState.CLAIMED], first=window)
+            for row in rows:
+                if started >= D.PREPARES_PER_PASS:
+                    break
+                if row.id in looked:
+                    continue
+                looked.add(row.id)
+                if not self._settled(row, now):
+                    continue
+                with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath):
+                    gated = self._gate(row, now)
+                    if gated is not None and not gated[1].go:
+                        skipped += 1
+                        continue  # held, or waiting for Marketo: not busy, the answer wakes the loop
+                    started += 1
+                    self.heartbeat()
+                    busy |= self._prepare_one(row, now, gated)
+            if started >= D.PREPARES_PER_PASS or len(rows) < window:
                 break
-            if not self._settled(row, now):
-                continue
-            with structlog.contextvars.bound_contextvars(inbox=str(row.inbox), file=row.relpath):
-                gated = self._gate(row, now)
-                if gated is not None and not gated[1].go:
-                    continue  # held (a wrong target) or waiting for Marketo: not busy, the answer wakes the loop
-                started += 1
-                self.heartbeat()
-                busy |= self._prepare_one(row, now, gated)
+            window *= 2
+        self._skipped = skipped
         return busy
 
     def _gate(self, row: FileRow, now: float) -> tuple[Route, Gate] | None:

@@ -19,7 +19,9 @@ from an abandoned one; routes that need certainty ask for a marker file.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -150,6 +152,40 @@ class StaleUpload:
                 return f"{self.path}: unchanged for {age} but its marker file has not arrived"
 
 
+class _Schedule:
+    """Paths by time, earliest first, for a tracker whose every pass must cost O(changes), not O(paths).
+
+    Entries are never removed in place: ``valid(time, path)`` tells a live one
+    from one a later change or a ``forget`` made obsolete; obsolete ones are
+    dropped as they reach the top, and all at once when they outnumber the
+    live paths (``compact``), so memory stays proportional to what is tracked.
+    """
+
+    def __init__(self, valid: Callable[[float, str], bool]) -> None:
+        self._heap: list[tuple[float, int, str]] = []
+        self._order = itertools.count()  # ties break by arrival, never by comparing paths
+        self._valid = valid
+
+    def push(self, at: float, path: str) -> None:
+        heapq.heappush(self._heap, (at, next(self._order), path))
+
+    def peek(self) -> tuple[float, str] | None:
+        while self._heap:
+            at, _, path = self._heap[0]
+            if self._valid(at, path):
+                return at, path
+            heapq.heappop(self._heap)
+        return None
+
+    def pop(self) -> None:
+        heapq.heappop(self._heap)
+
+    def compact(self, live: int) -> None:
+        if len(self._heap) > 2 * live + 64:
+            self._heap = [e for e in self._heap if self._valid(e[0], e[2])]
+            heapq.heapify(self._heap)
+
+
 @dataclass(slots=True, kw_only=True)
 class _Sighting:
     stat: FileStat
@@ -158,6 +194,7 @@ class _Sighting:
     open_for_write: bool | None
     marker_present: bool | None
     stale_reported: bool = False
+    look_at: float | None = None  # when a look could find it ready (its quiet period ends); None: no look due
 
 
 class Tracker:
@@ -179,6 +216,12 @@ class Tracker:
         t.is_ready("a.csv", 105.0).reason   # 'changed 5 s ago, quiet period 10 s'
         t.observe("a.csv", size=5, mtime_ns=1, inode=7, now=110.0)
         t.is_ready("a.csv", 110.0).is_ready  # True
+
+    Every pass of the daemon asks what changed, never about every path: ``due``
+    names the files whose quiet period has ended since (only they need a look
+    to become ready), ``next_due`` says when the next one ends (the loop sleeps
+    until then), ``waiting`` and ``take_stale`` are answered from schedules
+    kept as files are observed. Each costs O(log n) per path that changed.
     """
 
     def __init__(
@@ -194,6 +237,13 @@ class Tracker:
         self.marker_suffixes = tuple(marker_suffixes)
         self.min_size = min_size
         self._seen: dict[str, _Sighting] = {}
+        #: Paths ``waiting`` counts: not ignored, not yet reported as abandoned.
+        self._counted: set[str] = set()
+        self._looks = _Schedule(lambda at, path: (s := self._seen.get(path)) is not None and s.look_at == at)
+        self._since = _Schedule(lambda at, path: path in self._counted and self._seen[path].first_seen == at)
+        self._stale = _Schedule(
+            lambda at, path: (s := self._seen.get(path)) is not None and s.first_seen == at and not s.stale_reported
+        )
 
     def __contains__(self, path: object) -> bool:
         return path in self._seen
@@ -232,18 +282,62 @@ class Tracker:
         stat = FileStat(size=size, mtime_ns=mtime_ns, inode=inode)
         old = self._seen.get(path)
         if old is None or old.stat != stat:
-            self._seen[path] = _Sighting(
+            seen = self._seen[path] = _Sighting(
                 stat=stat,
                 first_seen=now,
                 last_seen=now,
                 open_for_write=open_for_write,
                 marker_present=marker_present,
             )
+            self._schedule(path, seen)
+            if is_ignored_name(path.rpartition("/")[2], self.marker_suffixes):
+                self._counted.discard(path)
+            else:
+                self._counted.add(path)
+                self._since.push(now, path)
+            self._stale.push(now, path)
+            self._compact()
             return True
+        if marker_present is False and old.marker_present is not False:
+            self._stale.push(old.first_seen, path)  # its marker went missing: it may be abandoned after all
         old.last_seen = max(old.last_seen, now)
         old.open_for_write = open_for_write
         old.marker_present = marker_present
+        self._schedule(path, old)
         return False
+
+    def _schedule(self, path: str, seen: _Sighting) -> None:
+        """A look is due once the quiet period has ended, unless a look after its end was already made."""
+        ready_at = seen.first_seen + self.quiet_period
+        want = ready_at if seen.last_seen < ready_at else None
+        if want != seen.look_at:
+            seen.look_at = want
+            if want is not None:
+                self._looks.push(want, path)
+
+    def _compact(self) -> None:
+        live = len(self._seen)
+        for schedule in (self._looks, self._since, self._stale):
+            schedule.compact(live)
+
+    def due(self, now: float) -> list[str]:
+        """The files whose quiet period has ended since they were last looked at: look at these now.
+
+        Each is named once; looking at it (``observe``) schedules it again if it changed.
+        Files that wait for something else (a marker, the end of a write) are not named:
+        a filesystem event or the next scan brings them back.
+        """
+        found = []
+        while (top := self._looks.peek()) is not None and top[0] <= now:
+            self._looks.pop()
+            self._seen[top[1]].look_at = None
+            found.append(top[1])
+        return found
+
+    def next_due(self) -> float | None:
+        """When ``due`` next names a file (the daemon's clock), None when none waits for its quiet period."""
+        top = self._looks.peek()
+        return None if top is None else top[0]
 
     def stat_of(self, path: str) -> FileStat | None:
         """The (size, mtime, inode) the last look found: what a claim must still find."""
@@ -255,16 +349,13 @@ class Tracker:
 
         Files already reported as abandoned (``take_stale``) no longer count: nothing is expected of them.
         """
-        since = [
-            seen.first_seen
-            for path, seen in self._seen.items()
-            if not seen.stale_reported and not is_ignored_name(path.rpartition("/")[2], self.marker_suffixes)
-        ]
-        return len(since), min(since, default=None)
+        oldest = self._since.peek()
+        return len(self._counted), None if oldest is None else oldest[0]
 
     def forget(self, path: str) -> None:
         """Drop what is known about a path (it was claimed, or it disappeared)."""
         self._seen.pop(path, None)
+        self._counted.discard(path)
 
     def is_ready(self, path: str, now: float, *, marker: str | None = None) -> Verdict:
         """Whether the file may be claimed now.
@@ -330,20 +421,19 @@ class Tracker:
             The newly stale files, oldest first.
         """
         found: list[StaleUpload] = []
-        for path, seen in self._seen.items():
-            if seen.stale_reported or now - seen.first_seen < after:
-                continue
+        # Oldest first; beyond ``limit`` the rest stay scheduled: one pass never writes thousands of notices.
+        while (limit is None or len(found) < limit) and (top := self._stale.peek()) is not None:
+            first_seen, path = top
+            if now - first_seen < after:
+                break
+            self._stale.pop()
+            seen = self._seen[path]
             kind = self._stale_kind(path, seen)
             if kind is None:
-                continue
+                continue  # only a change (a new stat, its marker gone) schedules it again
             seen.stale_reported = True
-            found.append(StaleUpload(path=path, kind=kind, stat=seen.stat, unchanged_for=now - seen.first_seen))
-        found.sort(key=lambda s: -s.unchanged_for)
-        if limit is not None:
-            # The rest stay unreported until a later call: one pass never writes thousands of notices.
-            for later in found[limit:]:
-                self._seen[later.path].stale_reported = False
-            found = found[:limit]
+            self._counted.discard(path)
+            found.append(StaleUpload(path=path, kind=kind, stat=seen.stat, unchanged_for=now - first_seen))
         return found
 
     def _stale_kind(self, path: str, seen: _Sighting) -> StaleKind | None:

@@ -46,8 +46,8 @@ def _result(c: ChunkRow) -> jobs.ChunkResult:
     return jobs.ChunkResult(c.state, c.marketo_status, c.rows, c.processed, c.failed, c.warned)
 
 
-def batch_doc(c: ChunkRow, shared: list[ChunkRow] | None = None) -> dict[str, Any]:
-    """One chunk as the status file shows it; ``shared``: every chunk of the import it shared, if it did."""
+def batch_doc(c: ChunkRow, shared: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One chunk as the status file shows it; ``shared``: the files and rows of the import it shared, if it did."""
     complete = c.state is ChunkState.DONE and c.marketo_status == "Complete"
     imported = jobs.imported_rows(_result(c))
     doc: dict[str, Any] = {
@@ -67,8 +67,9 @@ def batch_doc(c: ChunkRow, shared: list[ChunkRow] | None = None) -> dict[str, An
         doc["resubmitted"] = c.resubmits
     if shared:
         # One batchId on several partners' files is no mistake: say so, and how big the batch was.
-        doc["sharedWith"] = len({m.file_id for m in shared} - {c.file_id})
-        doc["batchRows"] = sum(m.rows for m in shared)
+        files, rows = shared
+        doc["sharedWith"] = files - 1  # the others: this chunk's file is one of them
+        doc["batchRows"] = rows
     return doc
 
 
@@ -120,7 +121,7 @@ class Report:
 
     def _settle(self) -> bool:
         busy = False
-        for row in self.store.files([FileState.SPLIT]):
+        for row in self.store.files_to_settle():
             chunks = self.store.chunks_of(row.id)
             if not all(c.state in jobs.CHUNK_FINAL for c in chunks):
                 continue
@@ -174,7 +175,9 @@ class Report:
                 if data is not None:
                     out.atomic_write(name, data, create_dirs=True)
                     written[kind] = Path(name).name
-            batches = [batch_doc(c, self.store.group_of(c.id) if c.group_id is not None else None) for c in chunks]
+            # Totals, not every member: each of a shared import's N files would otherwise load all N.
+            batches = [batch_doc(c, self.store.group_totals(c.group_id) if c.group_id is not None else None)
+                       for c in chunks]
             # The instance that took the rows (a renamed instance's new name), by name only.
             instance = chunks[0].instance if chunks else row.target.instance if row.target else None
             doc = outbox.build_status(

@@ -158,6 +158,7 @@ def rename(
     expect: Expect | None = None,
     replace: bool = False,
     cross_device: bool = False,
+    sync: bool = True,
 ) -> None:
     """Move the regular file ``src_rel`` (below ``src``) to ``dst_name`` directly in ``dst``.
 
@@ -181,6 +182,9 @@ def rename(
     checked source into a temporary name in ``dst``, fsync, rename it into
     place (same no-replace rule), then unlink the source if it is still the
     same inode. Without it, EXDEV is raised.
+
+    ``sync=False`` leaves the two fsyncs to the caller, who moves a batch and
+    makes it durable with one fsync per folder (before journalling the moves).
     """
     dst_name = single_name(dst_name, str(dst.path))
     dst_fd = dst._check()
@@ -224,8 +228,9 @@ def rename(
                 f"was replaced by another entry ({kind_text(after)}) during the move; {where}",
             )
         try:
-            os.fsync(dst_fd)
-            os.fsync(sfd)
+            if sync:
+                os.fsync(dst_fd)
+                os.fsync(sfd)
         except OSError as exc:
             raise rewrap(exc, join_rel(str(dst.path), dst_name)) from exc
 

@@ -292,6 +292,11 @@ class Root:
     def _parent(self, rel: str, *, create: bool = False, mode: int = 0o750) -> Iterator[tuple[int, str]]:
         """``(descriptor of rel's folder, rel's last name)``; the descriptor is closed afterwards."""
         comps = components(rel, self._root)
+        if len(comps) == 1:
+            # Directly in this folder: its own descriptor, not a new one (a look at each of
+            # thousands of files in an inbox would otherwise cost an open and a close more).
+            yield self._check(), comps[0]
+            return
         fd = self._descend(comps[:-1], rel, create=create, mode=mode)
         try:
             yield fd, comps[-1]

@@ -10,17 +10,19 @@ UTF-8.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import fcntl
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from dropzone import store_queries as queries
 from dropzone.errors import StoreError
 from dropzone.jobs import (
+    CHUNK_FINAL,
     ChunkState,
     FileState,
     Outcome,
@@ -28,7 +30,19 @@ from dropzone.jobs import (
     check_chunk_transition,
     check_file_transition,
 )
-from dropzone.journal_schema import DDL, SCHEMA_VERSION, UPGRADES, ChunkRow, Counts, FileRow, NewChunk, Results
+from dropzone.journal_schema import (
+    DDL,
+    SCHEMA_VERSION,
+    UPGRADES,
+    ChunkRow,
+    Counts,
+    FileRow,
+    NewChunk,
+    NewClaim,
+    Results,
+    chunk_row,
+    file_row,
+)
 from dropzone.kinds import FileFormat
 from dropzone.targets import ImportTarget
 
@@ -46,10 +60,6 @@ def _b(path: str | os.PathLike[str] | None) -> bytes | None:
     return None if path is None else os.fsencode(path)
 
 
-def _p(raw: bytes | None) -> Path | None:
-    return None if raw is None else Path(os.fsdecode(raw))
-
-
 def utc_now() -> str:
     """A journal and status-file timestamp: UTC, seconds, ``Z``."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -58,62 +68,6 @@ def utc_now() -> str:
 def _text(value: str | None) -> str | None:
     # Messages may quote a partner's file name with bytes that are not UTF-8.
     return None if value is None else value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _target(raw: str | None) -> ImportTarget | None:
-    if not raw:
-        return None
-    doc = json.loads(raw)
-    doc.pop("format", None)  # schema 1 kept the format in the route
-    return ImportTarget.from_json(json.dumps(doc))
-
-
-def _where_chunks(
-    states: Iterable[ChunkState], instance: str | None, endpoint: str | None = None
-) -> tuple[str, list[str]]:
-    """A WHERE clause with placeholders only, and its values. ``endpoint``: sent there, or not recorded."""
-    args = [s.value for s in states]
-    sql = f"state IN ({','.join('?' * len(args))})"
-    if instance is not None:
-        sql += " AND instance=?"
-        args.append(instance)
-    if endpoint is not None:
-        sql += " AND (endpoint IS NULL OR endpoint=?)"
-        args.append(endpoint)
-    return sql, args
-
-
-def _file_row(r: sqlite3.Row) -> FileRow:
-    return FileRow(
-        id=r["id"],
-        inbox=Path(os.fsdecode(r["inbox"])),
-        relpath=os.fsdecode(r["relpath"]),
-        processing_path=Path(os.fsdecode(r["processing_path"])),
-        state=FileState(r["state"]),
-        size=r["size"],
-        received_at=r["received_at"],
-        target=_target(r["route"]),
-        fmt=FileFormat(r["fmt"]) if r["fmt"] else None,
-        rows=r["rows"],
-        outcome=Outcome(r["outcome"]) if r["outcome"] else None,
-        error=r["error"],
-        error_line=r["error_line"],
-        notes=json.loads(r["notes"]),
-        finished_at=r["finished_at"],
-        outbox_files=json.loads(r["outbox_files"]) if r["outbox_files"] else None,
-        archived_to=_p(r["archived_to"]),
-        dev=r["dev"],
-        ino=r["ino"],
-        header=r["header"],
-    )
-
-
-def _chunk_row(r: sqlite3.Row) -> ChunkRow:
-    values = {f.name: r[f.name if f.name != "index" else "idx"] for f in dataclasses.fields(ChunkRow)}
-    for name in ("path", "failures_path", "warnings_path", "upload_path"):
-        values[name] = _p(values[name])
-    values["state"] = ChunkState(values["state"])
-    return ChunkRow(**values)
 
 
 class Store:
@@ -126,6 +80,10 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create state_dir {state_dir}: {exc.strerror}") from None
         self._lock_fd: int | None = None
+        #: Committed transactions so far: a stage that found nothing to do skips its queries until this moves.
+        self.changes = 0
+        #: Split files a chunk of which became final since report last looked (None: not known, look at all).
+        self._unsettled: set[int] | None = None
         if lock:
             self._take_lock()
         try:
@@ -136,6 +94,8 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate(write=lock)
+            for statement in queries.INDEXES if lock else ():
+                self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"the journal {state_dir / DB_NAME} is unusable: {exc}") from None
@@ -197,6 +157,7 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        self.changes += 1
 
     # ---- files: one verb per transition, one transaction each -----------------
 
@@ -204,17 +165,26 @@ class Store:
         self, *, inbox: Path, relpath: str, processing_path: Path, size: int, dev: int, ino: int
     ) -> int:
         """Saved before the rename into the processing area (``claiming``)."""
-        with self.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO files (inbox, relpath, processing_path, state, size, received_at, dev, ino)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (_b(inbox), os.fsencode(relpath), _b(processing_path), FileState.CLAIMING, size, utc_now(), dev, ino),
-            )
-            return int(cur.lastrowid or 0)
+        [file_id] = self.begin_claims([NewClaim(inbox, relpath, processing_path, size, dev, ino)])
+        return file_id
 
-    def confirm_claim(self, file_id: int) -> None:
+    def begin_claims(self, claims: Sequence[NewClaim]) -> list[int]:
+        """``begin_claim`` for a batch, in one transaction (one fsync): the ids, in order."""
         with self.transaction() as db:
-            self._move(db, "files", file_id, FileState.CLAIMED)
+            return [
+                int(db.execute(
+                    "INSERT INTO files (inbox, relpath, processing_path, state, size, received_at, dev, ino)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
+                    (_b(c.inbox), os.fsencode(c.relpath), _b(c.processing_path), FileState.CLAIMING, c.size,
+                     utc_now(), c.dev, c.ino),
+                ).lastrowid or 0)
+                for c in claims
+            ]
+
+    def confirm_claim(self, *file_ids: int) -> None:
+        with self.transaction() as db:
+            for file_id in file_ids:
+                self._move(db, "files", file_id, FileState.CLAIMED)
 
     def forget_claim(self, file_id: int) -> None:
         """The rename never happened (the file vanished or was taken): no trace should remain."""
@@ -239,6 +209,7 @@ class Store:
         """
         with self.transaction() as db:
             self._move(db, "files", file_id, FileState.SPLIT)
+            self._hint_settle(file_id)  # as if its chunks had changed: a file without any is settled at once
             db.execute(
                 "UPDATE files SET route=?, fmt=?, rows=?, header=? WHERE id=?",
                 (target.to_json(), fmt.value, rows, header, file_id),
@@ -261,6 +232,8 @@ class Store:
         """The outcome is known (or the file was refused): move it to ``finishing``."""
         with self.transaction() as db:
             self._move(db, "files", file_id, FileState.FINISHING)
+            if self._unsettled is not None:
+                self._unsettled.discard(file_id)
             db.execute(
                 "UPDATE files SET outcome=?, error=?, error_line=? WHERE id=?",
                 (outcome.value, _text(error), line, file_id),
@@ -297,18 +270,41 @@ class Store:
         row = self._db.execute("SELECT * FROM files WHERE id=?", (file_id,)).fetchone()
         if row is None:
             raise KeyError(file_id)
-        return _file_row(row)
+        return file_row(row)
 
-    def files(self, states: Iterable[FileState] | None = None, *, limit: int | None = None) -> list[FileRow]:
+    def files(
+        self, states: Iterable[FileState] | None = None, *, limit: int | None = None, first: int | None = None
+    ) -> list[FileRow]:
+        """Files in these states in order of receipt: all, the ``first`` N or the last ``limit``."""
         sql, args = "SELECT * FROM files", []
         if states is not None:
             wanted = list(states)
             sql += f" WHERE state IN ({','.join('?' * len(wanted))})"
             args.extend(wanted)
         sql += " ORDER BY id"
+        if first is not None:
+            sql += f" LIMIT {int(first)}"
         if limit is not None:
             sql = f"SELECT * FROM ({sql.replace(' ORDER BY id', ' ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY id"  # noqa: S608 - our query, values bound, limit an int
-        return [_file_row(r) for r in self._db.execute(sql, args)]
+        return [file_row(r) for r in self._db.execute(sql, args)]
+
+    def files_with_ids(self, ids: Iterable[int], states: Iterable[FileState]) -> list[FileRow]:
+        """These files (those in these states), in order of receipt: a pass loads what it works on, no more."""
+        return [file_row(r) for r in queries.files_with_ids(self._db, ids, states)]
+
+    def files_to_settle(self) -> list[FileRow]:
+        """Split files whose chunks are all final; only those a chunk of which changed since the last call.
+
+        The first call (after a start) looks at every split file. A file stays named until it is
+        settled, so a pass that failed on it tries it again.
+        """
+        rows = [file_row(r) for r in queries.files_to_settle(self._db, self._unsettled)]
+        self._unsettled = {row.id for row in rows}  # the others are named again when a chunk of theirs changes
+        return rows
+
+    def _hint_settle(self, file_id: int) -> None:
+        if self._unsettled is not None:
+            self._unsettled.add(file_id)
 
     def holds(self, dev: int, ino: int) -> bool:
         """Whether a file in flight (claimed, not yet done) is this device and inode."""
@@ -464,42 +460,65 @@ class Store:
         """Every chunk of the chunk's import, in order of receipt (a chunk alone: itself)."""
         return [self.chunk(member) for member in self._group(self._db, chunk_id)]
 
+    def group_totals(self, group_id: int) -> tuple[int, int]:
+        """A shared import's files and rows, counted in the journal (one query, whatever its size)."""
+        sql = "SELECT COUNT(DISTINCT file_id), COALESCE(SUM(rows), 0) FROM chunks WHERE group_id=?"
+        files, rows = self._db.execute(sql, (group_id,)).fetchone()
+        return int(files), int(rows)
+
     def count_batches(
         self, states: Iterable[ChunkState], *, instance: str | None = None, endpoint: str | None = None
     ) -> int:
         """Imports (a shared one counted once) whose chunks are in these states."""
-        sql, args = _where_chunks(states, instance, endpoint)
+        sql, args = queries.where_chunks(states, instance, endpoint)
         query = f"SELECT COUNT(DISTINCT COALESCE(group_id, id)) FROM chunks WHERE {sql}"  # noqa: S608
         return int(self._db.execute(query, args).fetchone()[0])
 
     def count_chunks(
         self, states: Iterable[ChunkState], *, instance: str | None = None, endpoint: str | None = None
     ) -> int:
-        sql, args = _where_chunks(states, instance, endpoint)
+        sql, args = queries.where_chunks(states, instance, endpoint)
         return int(self._db.execute(f"SELECT COUNT(*) FROM chunks WHERE {sql}", args).fetchone()[0])  # noqa: S608
 
     def chunk(self, chunk_id: int) -> ChunkRow:
         row = self._db.execute("SELECT * FROM chunks WHERE id=?", (chunk_id,)).fetchone()
         if row is None:
             raise KeyError(chunk_id)
-        return _chunk_row(row)
+        return chunk_row(row)
 
     def chunks_of(self, file_id: int) -> list[ChunkRow]:
         return [
-            _chunk_row(r) for r in self._db.execute("SELECT * FROM chunks WHERE file_id=? ORDER BY idx", (file_id,))
+            chunk_row(r) for r in self._db.execute("SELECT * FROM chunks WHERE file_id=? ORDER BY idx", (file_id,))
         ]
 
     def chunks(
         self, states: Iterable[ChunkState], *, instance: str | None = None, endpoint: str | None = None
     ) -> list[ChunkRow]:
         """Chunks in these states (of one instance, sent to one endpoint, when given), in order of receipt."""
-        sql, args = _where_chunks(states, instance, endpoint)
+        sql, args = queries.where_chunks(states, instance, endpoint)
         rows = self._db.execute(f"SELECT * FROM chunks WHERE {sql} ORDER BY file_id, idx", args)  # noqa: S608
-        return [_chunk_row(r) for r in rows]
+        return [chunk_row(r) for r in rows]
+
+    def pending_heads(
+        self, instance: str, *, per_route: int, budget: int = 0, wall: float = math.inf
+    ) -> list[ChunkRow]:
+        """Pending chunks of one instance a submit pass can choose from, in order of receipt: the oldest
+        ``per_route`` of each inbox and import target that can go now and, where files share imports,
+        ``budget`` bytes of them (``store_queries.pending_heads``); never the whole backlog."""
+        rows = queries.pending_heads(self._db, instance, per_route, budget=budget, wall=wall)
+        return sorted((chunk_row(r) for r in rows), key=lambda c: (c.file_id, c.index))
+
+    def imports(self, states: Iterable[ChunkState], *, instance: str, endpoint: str | None = None) -> list[ChunkRow]:
+        """The first chunk of each of the instance's imports in these states (sent to ``endpoint``, when
+        given), in order of receipt: a shared import is one row, however many files it carries."""
+        return [chunk_row(r) for r in queries.imports(self._db, states, instance, endpoint)]
+
+    def has_pending(self, instance: str) -> bool:
+        return queries.has_pending(self._db, instance)
 
     def chunk_instances(self, states: Iterable[ChunkState]) -> set[str]:
         """The instances that own chunks in these states."""
-        sql, args = _where_chunks(states, None)
+        sql, args = queries.where_chunks(states, None)
         return {r[0] for r in self._db.execute(f"SELECT DISTINCT instance FROM chunks WHERE {sql}", args)}  # noqa: S608
 
     def counts(self) -> dict[str, int]:
@@ -520,19 +539,21 @@ class Store:
         rows = db.execute("SELECT id FROM chunks WHERE group_id=? ORDER BY file_id, idx", (found[0],))
         return [r[0] for r in rows]
 
-    @staticmethod
     def _move(
-        db: sqlite3.Connection, table: str, row_id: int, new: FileState | ChunkState, *, again: bool = False
+        self, db: sqlite3.Connection, table: str, row_id: int, new: FileState | ChunkState, *, again: bool = False
     ) -> None:
         """Check and make one transition; ``again``: staying in ``new`` is allowed too (a verb that repeats)."""
-        found = db.execute(f"SELECT state FROM {table} WHERE id=?", (row_id,)).fetchone()  # noqa: S608 - ours
+        owner = "file_id" if table == "chunks" else "id"
+        found = db.execute(f"SELECT state, {owner} FROM {table} WHERE id=?", (row_id,)).fetchone()  # noqa: S608 - ours
         if found is None:
             raise KeyError(row_id)
-        if not (again and found[0] == new):
+        if table == "chunks" and new in CHUNK_FINAL:
+            self._hint_settle(found["file_id"])
+        if not (again and found["state"] == new):
             if table == "files":
-                check_file_transition(FileState(found[0]), FileState(new))
+                check_file_transition(FileState(found["state"]), FileState(new))
             else:
-                check_chunk_transition(ChunkState(found[0]), ChunkState(new))
+                check_chunk_transition(ChunkState(found["state"]), ChunkState(new))
         db.execute(f"UPDATE {table} SET state=? WHERE id=?", (new.value, row_id))  # noqa: S608
 
     @staticmethod
@@ -556,6 +577,7 @@ __all__ = [
     "Counts",
     "FileRow",
     "NewChunk",
+    "NewClaim",
     "Results",
     "Store",
     "utc_now",

@@ -10,13 +10,26 @@ open for writing. Decides nothing about readiness: that is ``readiness``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import queue
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
@@ -33,6 +46,15 @@ class _QuietStopRace(logging.Filter):
 
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_QuietStopRace())
+
+with contextlib.suppress(ImportError):  # Linux only
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    # watchdog holds every rename *out of* a watched folder for 0.5 s, hoping to pair it with its
+    # arrival, and holds every event queued behind it too: each file archived out of our processing
+    # area would delay the next upload's event by up to half a second. Both halves of a rename come
+    # in the same read of the inotify descriptor, and an unpaired half is only two hints instead of one.
+    InotifyMoveEventGrouper.delay = 0.05
 
 #: Filesystems where inotify sees nothing written by other hosts (or sees it late).
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "davfs")
@@ -70,6 +92,54 @@ def use_polling(mode: str, path: Path) -> bool:
     return fs_type in NETWORK_FS or fs_type.startswith("fuse")
 
 
+class _Writers:
+    """Every descriptor on the machine we can see, by the (device, inode) it holds: one walk of /proc."""
+
+    def __init__(self) -> None:
+        self.by_file: dict[tuple[int, int], list[tuple[str, str]]] | None = None
+
+    def load(self) -> dict[tuple[int, int], list[tuple[str, str]]] | None:
+        if self.by_file is not None:
+            return self.by_file
+        try:
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return None
+        by_file: dict[tuple[int, int], list[tuple[str, str]]] = {}
+        for pid in pids:
+            fd_dir = f"/proc/{pid}/fd"
+            try:
+                fds = os.listdir(fd_dir)
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    st = os.stat(f"{fd_dir}/{fd}")
+                except OSError:
+                    continue
+                by_file.setdefault((st.st_dev, st.st_ino), []).append((pid, fd))
+        self.by_file = by_file
+        return by_file
+
+
+_writers: contextvars.ContextVar[_Writers | None] = contextvars.ContextVar("dropzone_writers", default=None)
+
+
+@contextlib.contextmanager
+def one_look_at_writers() -> Iterator[None]:
+    """Within it, ``is_open_for_writing`` walks /proc once, at its first call, not once per file.
+
+    A walk costs milliseconds (every descriptor of every process is stat'ed): claiming
+    thousands of files with one walk each would take most of a minute. The flags of a
+    matching descriptor are still read at each call, so a writer that closed since counts no more.
+    """
+    token = _writers.set(_Writers())
+    try:
+        yield
+    finally:
+        _writers.reset(token)
+
+
 def is_open_for_writing(path: Path) -> bool | None:
     """Whether any process we can see holds ``path`` open for writing; None when we cannot tell.
 
@@ -82,31 +152,27 @@ def is_open_for_writing(path: Path) -> bool | None:
         target = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
+    by_file = (_writers.get() or _Writers()).load()
+    if by_file is None:
         return None
-    for pid in pids:
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                st = os.stat(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            if st.st_ino != target.st_ino or st.st_dev != target.st_dev:
-                continue
-            with contextlib.suppress(OSError, ValueError):
-                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
-                    for line in info:
-                        if line.startswith("flags:"):
-                            flags = int(line.split()[1], 8)
-                            if flags & (os.O_WRONLY | os.O_RDWR):
-                                return True
+    for pid, fd in by_file.get((target.st_dev, target.st_ino), []):
+        with contextlib.suppress(OSError, ValueError):
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                for line in info:
+                    if line.startswith("flags:"):
+                        flags = int(line.split()[1], 8)
+                        if flags & (os.O_WRONLY | os.O_RDWR):
+                            return True
     return False
+
+
+#: What can make a file new, changed, finished or gone. Not opens and read-only closes: the daemon
+#: itself opens the inbox and the files in it at every look and claim, and each event costs the
+#: watchdog threads Python time that the loop then waits for (the GIL).
+HINT_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileClosedEvent,
+    FileMovedEvent, DirMovedEvent, FileDeletedEvent, DirDeletedEvent,
+]
 
 
 class _Hints(FileSystemEventHandler):
@@ -145,7 +211,7 @@ class Watcher:
         if self.polling:
             return
         observer = Observer()
-        observer.schedule(_Hints(self.inbox, self.hints), str(self.inbox), recursive=True)
+        observer.schedule(_Hints(self.inbox, self.hints), str(self.inbox), recursive=True, event_filter=HINT_EVENTS)
         observer.daemon = True
         try:
             observer.start()

@@ -17,6 +17,7 @@ import pytest
 
 from dropzone import cli, gate, schemas, targetcheck
 from dropzone import config as config_module
+from dropzone import defaults as D
 from dropzone.calls import Inline
 from dropzone.daemon import Daemon
 from dropzone.errors import ConfigError, WouldWaitError
@@ -264,16 +265,20 @@ class TestTargets:
     ) -> None:
         path = write_config(tmp_path, simulator, LEADS_ROUTE.format(list_id=999) + OTHER_ROUTES)
         daemon = daemons.start(path)
-        drop(tmp_path, "leads_1.csv", "email\nann@example.com\n")
+        # More held files than a pass prepares, claimed before the other route's: they must not starve it.
+        leads = [f"leads_{i}.csv" for i in range(1, 2 * D.PREPARES_PER_PASS + 2)]
+        for name in leads:
+            drop(tmp_path, name, "email\nann@example.com\n")
+        wait_until(lambda: daemon.run_once() or len(daemon.store.files([FileState.CLAIMED])) == len(leads), timeout=15)
         drop(tmp_path, "cars_1.tsv", "color\tvin\nred\tWBA1\n")
         problem = 'inboxes[0].routes[0].listId: static list 999 does not exist in Marketo instance "default"'
 
         def held() -> bool:
             daemon.run_once()
             checks = {c.name: c for c in daemon.metrics.readiness()}
-            claimed = [r.relpath for r in daemon.store.files([FileState.CLAIMED])]
-            return "targets" in checks and claimed == ["leads_1.csv"] and (tmp_path / "outbox/cars_1.tsv.status.json"
-                                                                            ).exists()
+            claimed = sorted(r.relpath for r in daemon.store.files([FileState.CLAIMED]))
+            return "targets" in checks and claimed == sorted(leads) and (tmp_path / "outbox/cars_1.tsv.status.json"
+                                                                         ).exists()
 
         wait_until(held, timeout=15)
         [check] = [c for c in daemon.metrics.readiness() if c.name == "targets"]
@@ -283,7 +288,7 @@ class TestTargets:
         path.write_text(path.read_text().replace("listId: 999", "listId: 1234"))
         daemon.reload()
         run_until_idle(daemon)
-        assert status_of(tmp_path, "leads_1.csv")["status"] == "Complete"
+        assert [status_of(tmp_path, name)["status"] for name in leads] == ["Complete"] * len(leads)
         assert all(c.ok for c in daemon.metrics.readiness())
 
     def test_a_target_fixed_in_marketo_is_released_by_the_next_check(self, sims: Callable[..., Simulator]) -> None:

@@ -266,3 +266,102 @@ class TestStale:
         look(t, ".profile", now=0.0)
         look(t, "a.csv.done", now=0.0, size=0)
         assert t.take_stale(1000.0, after=100.0) == []
+
+
+class TestSchedule:
+    """What a pass asks instead of looking at every file: which quiet periods ended, when the next ends."""
+
+    @pytest.mark.parametrize(
+        ("looks", "now", "due", "next_due"),
+        [
+            ([], 100.0, [], None),
+            ([("a.csv", 100.0, 5)], 109.9, [], 110.0),  # within its quiet period: not yet
+            ([("a.csv", 100.0, 5)], 110.0, ["a.csv"], None),  # it ended: one look can make it ready
+            ([("a.csv", 100.0, 5), ("a.csv", 104.0, 5)], 110.0, ["a.csv"], None),  # an early look changes nothing
+            ([("a.csv", 100.0, 5), ("a.csv", 104.0, 6)], 110.0, [], 114.0),  # a change restarts it
+            ([("a.csv", 100.0, 5), ("a.csv", 111.0, 5)], 200.0, [], None),  # looked at after it ended: done
+            ([("b.csv", 103.0, 5), ("a.csv", 100.0, 5)], 120.0, ["a.csv", "b.csv"], None),  # earliest first
+            ([("a.csv", 100.0, 5), ("b.csv", 103.0, 5)], 111.0, ["a.csv"], 113.0),
+        ],
+    )
+    def test_due_names_the_files_whose_quiet_period_ended(
+        self, looks: list[tuple[str, float, int]], now: float, due: list[str], next_due: float | None
+    ) -> None:
+        t = Tracker(quiet_period=QUIET)
+        for path, at, size in looks:
+            look(t, path, now=at, size=size)
+        assert t.due(now) == due
+        assert t.next_due() == next_due
+
+    def test_each_end_is_named_once_and_a_look_then_makes_the_file_ready(self) -> None:
+        t = Tracker(quiet_period=QUIET)
+        look(t, now=100.0)
+        assert t.due(110.0) == ["a.csv"]
+        assert t.due(111.0) == []
+        look(t, now=111.0)
+        assert t.is_ready("a.csv", 111.0).is_ready
+
+    def test_a_forgotten_file_is_never_due(self) -> None:
+        t = Tracker(quiet_period=QUIET)
+        look(t, now=100.0)
+        t.forget("a.csv")
+        assert (t.due(200.0), t.next_due()) == ([], None)
+
+    def test_a_zero_quiet_period_needs_no_second_look(self) -> None:
+        t = Tracker(quiet_period=0)
+        look(t, now=100.0)
+        assert (t.due(100.0), t.next_due()) == ([], None)
+
+    def test_memory_follows_the_files_tracked_not_the_changes_seen(self) -> None:
+        """Obsolete schedule entries are dropped: a file that changes for ever does not grow the tracker."""
+        t = Tracker(quiet_period=QUIET)
+        for i in range(10_000):
+            look(t, now=float(i), size=i)
+        assert all(len(s._heap) <= 2 * len(t) + 64 for s in (t._looks, t._since, t._stale))
+
+
+class TestWaiting:
+    @pytest.mark.parametrize(
+        ("looks", "expected"),
+        [
+            ([], (0, None)),
+            ([("a.csv", 100.0, 5)], (1, 100.0)),
+            ([("a.csv", 100.0, 5), ("b.csv", 90.0, 5)], (2, 90.0)),
+            ([("a.csv", 100.0, 5), ("a.csv", 105.0, 6)], (1, 105.0)),  # counted from its last change
+            ([("a.csv.filepart", 100.0, 5), (".hidden", 90.0, 5)], (0, None)),  # never-ready names
+            ([("a.csv", 100.0, 5), ("a.csv.done", 90.0, 0)], (1, 100.0)),  # a marker is no upload
+        ],
+    )
+    def test_how_many_wait_and_since_when(
+        self, looks: list[tuple[str, float, int]], expected: tuple[int, float | None]
+    ) -> None:
+        t = Tracker(quiet_period=QUIET, marker_suffixes=[".done"])
+        for path, at, size in looks:
+            look(t, path, now=at, size=size)
+        assert t.waiting(200.0) == expected
+
+    def test_forgotten_and_abandoned_files_no_longer_wait(self) -> None:
+        t = Tracker(quiet_period=QUIET)
+        look(t, "a.csv", now=90.0)
+        look(t, "b.csv", now=100.0, size=0)
+        t.forget("a.csv")
+        assert t.waiting(150.0) == (1, 100.0)
+        assert [s.path for s in t.take_stale(200.0, after=100.0)] == ["b.csv"]
+        assert t.waiting(200.0) == (0, None)
+
+
+class TestStaleOrder:
+    def test_oldest_first_and_the_rest_on_a_later_call(self) -> None:
+        t = Tracker(quiet_period=QUIET)
+        for i, at in enumerate([30.0, 10.0, 20.0]):
+            look(t, f"{i}.part", now=at)
+        assert [s.path for s in t.take_stale(500.0, after=100.0, limit=2)] == ["1.part", "2.part"]
+        assert [s.path for s in t.take_stale(500.0, after=100.0, limit=2)] == ["0.part"]
+
+    def test_a_marker_that_went_missing_makes_a_quiet_file_stale(self) -> None:
+        t = Tracker(quiet_period=QUIET, marker_suffixes=[".done"])
+        look(t, now=0.0, marker_present=True)
+        assert t.take_stale(150.0, after=100.0) == []
+        look(t, now=160.0, marker_present=False)
+        [stale] = t.take_stale(170.0, after=100.0)
+        assert (stale.kind, stale.unchanged_for) == (StaleKind.UNMARKED, 170.0)

@@ -8,12 +8,16 @@ import json
 import os
 import queue
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dropzone import errors, health, throttle
+from dropzone import errors, health, safefs, throttle
+from dropzone import intake as intake_module
 from dropzone.config import Config, Inbox
 from dropzone.dispatch import Dispatch
 from dropzone.intake import Intake
@@ -134,6 +138,54 @@ class TestIntake:
         intake.run_once(0.0)
         assert intake.waiting(0.0)[0] == 0  # never-ready names do not count as waiting
         assert intake.run_once(QUIET + 0.01) is False
+
+
+class TestIntakeCost:
+    """A pass costs what changed: never a look at every file tracked."""
+
+    def marker_inbox(self, tmp_path: Path) -> Inbox:
+        routes = '\n      - match: "*.csv"\n        object: leads\n        marker: true\n'
+        return make_config(tmp_path, "http://127.0.0.1:9", routes=routes).inboxes[0]
+
+    def test_a_pass_with_nothing_new_looks_at_nothing(self, tmp_path, store, monkeypatch):
+        inbox = self.marker_inbox(tmp_path)
+        for i in range(20):
+            (inbox.path / f"f{i}.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)  # the scan: first sight of each
+        assert intake.next_due() == QUIET
+        assert intake.run_once(QUIET + 0.01) is False  # each looked at once more: no marker
+        assert intake.next_due() is None
+        looked: list[str] = []
+        real = safefs.Root.stat
+        monkeypatch.setattr(safefs.Root, "stat", lambda root, rel: looked.append(rel) or real(root, rel))
+        for now in (0.3, 0.4, 0.49):  # before the next scan (scan_interval 0.5)
+            assert intake.run_once(now) is False
+        assert looked == []
+        assert intake.waiting(0.49) == (20, 0.0)
+
+    def test_a_marker_that_arrives_brings_its_file_along(self, tmp_path, store):
+        inbox = self.marker_inbox(tmp_path)
+        (inbox.path / "a.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        assert intake.run_once(QUIET + 0.01) is False
+        (inbox.path / "a.csv.done").write_bytes(b"")
+        intake.hint("a.csv.done")  # only the marker's event: no scan
+        assert intake.run_once(QUIET + 0.02) is True
+        assert [r.relpath for r in store.files([FileState.CLAIMED])] == ["a.csv"]
+
+    def test_ready_files_beyond_a_pass_are_claimed_in_the_next(self, inbox, store, monkeypatch):
+        monkeypatch.setattr(intake_module.D, "CLAIMS_PER_PASS", 3)
+        for i in range(5):
+            (inbox.path / f"leads_{i}.csv").write_bytes(b"email\na@example.com\n")
+        intake = intake_of(inbox, store)
+        intake.run_once(0.0)
+        assert intake.run_once(QUIET + 0.01) is True
+        assert len(store.files([FileState.CLAIMED])) == 3
+        assert intake.run_once(QUIET + 0.02) is True
+        assert len(store.files([FileState.CLAIMED])) == 5
+        assert sorted(p.name for p in inbox.path.iterdir()) == [".processing"]
 
 
 class TestPrepare:
@@ -299,6 +351,65 @@ class TestDispatch:
         [chunk] = store.chunks_of(file_id)
         assert (chunk.state, chunk.processed, chunk.failed, chunk.warned) == (ChunkState.DONE, 1, 0, 0)
         assert any("no row counts" in n for n in store.file(file_id).notes)
+
+
+class SlowUsageClient(FakeClient):
+    """usage.json answers only once told to: its call is still running while passes go by."""
+
+    def __init__(self, **answers: list[object]) -> None:
+        super().__init__(**answers)
+        self.answer = threading.Event()
+
+    def usage_today(self, retry_for=None):
+        assert self.answer.wait(10)
+        return 0
+
+
+def counting(real: Callable[..., Any], name: str, calls: list[str]) -> Callable[..., Any]:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    return counted
+
+
+class TestDispatchCost:
+    """A submit look that found nothing is not made again until something it depended on changed."""
+
+    def test_nothing_new_no_query_then_a_new_chunk_goes(self, config, inbox, store, monkeypatch):
+        client = FakeClient(submit=[BatchStatus(batch_id=7, status="Queued")])
+        dispatch = TestDispatch().dispatch(config, store, client)
+        assert dispatch.run_once(10.0) is False  # nothing pending: a look, then the mark
+        looks: list[str] = []
+        for name in ("imports", "pending_heads", "has_pending"):
+            monkeypatch.setattr(store, name, counting(getattr(store, name), name, looks))
+        for now in (11.0, 12.0, 13.0):
+            assert dispatch.run_once(now) is False
+        assert "pending_heads" not in looks and looks.count("imports") == 3  # only the fetch step's own look
+        file_id = TestDispatch().split_file(config, inbox, store)  # the journal changed
+        dispatch.run_once(14.0)
+        assert store.chunks_of(file_id)[0].state is ChunkState.SUBMITTED
+
+    def test_an_answer_collected_wakes_the_submit_look(self, config, inbox, store):
+        """usage.json's first answer is waited for; it changes nothing in the journal, yet ends the wait."""
+        file_id = TestDispatch().split_file(config, inbox, store)
+        client = SlowUsageClient(submit=[BatchStatus(batch_id=7, status="Queued")])
+        woken = threading.Event()
+        with ThreadPoolExecutor(2) as calls:
+            metrics = health.Metrics()
+            dispatch = Dispatch(store, client, config.marketo, metrics.instance("default"),  # type: ignore[arg-type]
+                                wall=lambda: 1000.0, calls=calls, wake=woken.set)
+            dispatch.run_once(10.0)  # usage.json asked: new imports wait for its first answer
+            dispatch.run_once(11.0)
+            assert client.submits == 0
+            client.answer.set()
+            assert woken.wait(5)
+            woken.clear()
+            dispatch.run_once(12.0)  # the answer is collected, the look made, the upload handed over
+            assert woken.wait(5)
+            dispatch.run_once(13.0)
+            assert (client.submits, store.chunks_of(file_id)[0].state) == (1, ChunkState.SUBMITTED)
+            dispatch.close(14.0)
 
 
 class TestReport:

@@ -731,8 +731,8 @@ class TestMigration:
             named = "SELECT name, tbl_name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"
             indexes = dict(db.execute(named))
             assert indexes == {
-                "files_state": "files", "chunks_state": "chunks", "chunks_instance_state": "chunks",
-                "chunks_group": "chunks",
+                "files_state": "files", "files_identity": "files", "files_route": "files", "chunks_state": "chunks",
+                "chunks_instance_state": "chunks", "chunks_group": "chunks",
             }
             assert "header" in file_columns and {"group_id", "upload_path"} <= set(chunk_columns)
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
