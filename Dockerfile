@@ -25,6 +25,13 @@ RUN /opt/dropzone/bin/pip install --no-cache-dir /src \
 FROM ${PYTHON_IMAGE}
 ARG DROPZONE_UID=10001
 ARG DROPZONE_GID=10001
+# GnuPG decrypts PGP drops (pgp: in the configuration): gpg and its agent (which keeps the key in
+# state_dir), without the rest of the gnupg suite (dirmngr, gpgsm, ...).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gpg gpg-agent \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid "${DROPZONE_GID}" dropzone \
     && useradd --uid "${DROPZONE_UID}" --gid "${DROPZONE_GID}" --no-create-home \
         --home-dir /var/lib/dropzone --shell /usr/sbin/nologin dropzone \

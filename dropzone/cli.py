@@ -57,6 +57,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"problem: {problem}", file=sys.stderr)
     if problems:
         return 1
+    if cfg.pgp is not None:
+        import tempfile
+
+        from dropzone.pgp import Keyring
+
+        # A throwaway keyring: the running daemon's own is never touched. A bad key is a ConfigError (exit 2).
+        with tempfile.TemporaryDirectory(prefix="dz-check-") as scratch:
+            keyring = Keyring.build(cfg.pgp, Path(scratch), source=cfg.source)
+            keyring.close()
+        print(f"pgp: the private key {keyring.fingerprint} decrypts")
     refused = 0
     for name, settings in ([] if args.offline else cfg.all_instances().items()):
         # One Identity call per instance, no retries: the operator is waiting for an answer.
@@ -89,6 +99,8 @@ def _redact_secrets(cfg: Any) -> None:
 
     for settings in cfg.all_instances().values():
         logs.redactor.add(settings.client_secret)
+    if cfg.pgp is not None and cfg.pgp.passphrase:
+        logs.redactor.add(cfg.pgp.passphrase)
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
@@ -185,7 +197,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args)
     store = Store(cfg.state_dir, lock=False)
     try:
-        in_flight = store.files([FileState.CLAIMING, FileState.CLAIMED, FileState.SPLIT, FileState.FINISHING])
+        in_flight = store.files(
+            [FileState.CLAIMING, FileState.CLAIMED, FileState.SPLIT, FileState.UNPACKED, FileState.FINISHING]
+        )
         print(f"in flight: {len(in_flight)}")
         for row in in_flight:
             chunks = store.chunks_of(row.id)

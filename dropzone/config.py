@@ -32,7 +32,7 @@ from dropzone import defaults as D
 from dropzone.errors import ConfigError
 from dropzone.globs import compile_glob, literal_extension, sample_name
 from dropzone.instances import MarketoSettings, parse_instances
-from dropzone.kinds import FileFormat, LogFormat, LogLevel, ObjectKind, WatchMode
+from dropzone.kinds import SHEET_EXTENSION, FileFormat, Layer, LogFormat, LogLevel, ObjectKind, WatchMode
 from dropzone.mapping import constant_text, loose
 from dropzone.readiness import is_ignored_name
 from dropzone.schema import (
@@ -48,6 +48,8 @@ from dropzone.schema import (
     yaml_problem,
 )
 from dropzone.targets import ImportTarget
+from dropzone.unpack_config import TOP_KEYS as _UNPACK_KEYS
+from dropzone.unpack_config import PgpSettings, UnpackLimits, parse_limits, parse_pgp
 
 # --- The parsed shape --------------------------------------------------------
 
@@ -85,6 +87,8 @@ class Route:
     preflight: bool = D.PREFLIGHT
     #: The Marketo instance (a name from ``marketo``/``instances``): the route's own, else its inbox's.
     instance: str = D.DEFAULT_INSTANCE
+    #: The sheet of an ``.xlsx`` drop to import (None: its first sheet).
+    sheet: str | None = None
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,7 +133,7 @@ class Route:
         out["format"] = self.format.value if self.format else None
         out.update(
             marker=self.marker, trim_header=self.trim_header, encoding=self.encoding, instance=self.instance,
-            coalesce=self.coalesce, preflight=self.preflight,
+            coalesce=self.coalesce, preflight=self.preflight, sheet=self.sheet,
         )
         if self.columns:
             out["columns"] = dict(self.columns)
@@ -207,6 +211,10 @@ class Config:
     http: HttpSettings | None = None
     log: LogSettings = field(default_factory=LogSettings)
     source: str = "config.yaml"
+    #: The private key that decrypts *.pgp, *.gpg, *.asc drops (None: such drops are refused).
+    pgp: PgpSettings | None = None
+    #: How far compressed, encrypted and spreadsheet drops may expand.
+    unpack: UnpackLimits = field(default_factory=UnpackLimits)
 
     def all_instances(self) -> dict[str, MarketoSettings]:
         """Every instance by name, the default (``marketo:``) first."""
@@ -223,18 +231,20 @@ class Config:
             "inboxes": [i.redacted() for i in self.inboxes],
             "http": {"listen": self.http.listen} if self.http else None,
             "log": {"format": self.log.format.value, "level": self.log.level.value},
+            "pgp": self.pgp.redacted() if self.pgp else None,
+            **self.unpack.redacted(),
         }
 
 
 # --- Parsing -----------------------------------------------------------------
 
-_TOP_KEYS = ("marketo", "state_dir", "instances", "inboxes", "split_max_bytes", "http", "log")
+_TOP_KEYS = ("marketo", "state_dir", "instances", "inboxes", "split_max_bytes", "http", "log", *_UNPACK_KEYS)
 _INBOX_KEYS = (
     "path", "outbox", "archive", "routes", "watch", "scan_interval", "quiet_period", "stale_partial_after", "instance"
 )
 _ROUTE_COMMON_KEYS = (
     "match", "object", "format", "marker", "trim_header", "encoding", "instance", "coalesce", "preflight",
-    "columns", "constants",
+    "columns", "constants", "sheet",
 )
 _ROUTE_PARAM_KEYS: Final[dict[ObjectKind, tuple[str, ...]]] = {
     ObjectKind.LEADS: ("lookupField", "listId", "partitionName"),
@@ -331,6 +341,8 @@ def _config(ctx: Context, data: object) -> Config:
         http=http,
         log=log,
         source=ctx.source,
+        pgp=parse_pgp(ctx, top.raw("pgp")),
+        unpack=parse_limits(top),
     )
 
 
@@ -389,13 +401,16 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
             if other is not kind and key in s.data:
                 raise s.error(key, f"applies only to object: {other.value}, not {kind.value}")
     fmt: FileFormat | None = s.choice("format", FileFormat, None)
-    if fmt is None:
-        ext = literal_extension(match)
-        if ext is not None and FileFormat.from_name(f"x.{ext}") is None:
-            raise s.error(
-                "format",
-                f"is required: the extension .{ext} of {match!r} does not give csv, tsv or ssv",
-            )
+    ext = literal_extension(match)
+    if ext is not None and Layer.from_extension(ext) is not None:
+        # A .gz or .pgp drop follows the route of the name inside it; a zip's members, their own routes.
+        raise s.error("match", f"{match!r}: routes match the name inside a .{ext} file (for leads.csv.gz: "
+                      "leads.csv), so this route would never match")
+    sheet = s.string("sheet", None)
+    if sheet is not None and ext is not None and ext.lower() != SHEET_EXTENSION:
+        raise s.error("sheet", f"applies to .{SHEET_EXTENSION} workbooks only, and {match!r} matches .{ext} files")
+    if fmt is None and ext is not None and ext.lower() != SHEET_EXTENSION and FileFormat.from_name(f"x.{ext}") is None:
+        raise s.error("format", f"is required: the extension .{ext} of {match!r} does not give csv, tsv or ssv")
     marker = _marker(s)
     encoding = s.string("encoding", None)
     if encoding is not None:
@@ -432,6 +447,7 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
         instance=_instance(s, names, inbox_instance) or inbox_instance,
         columns=columns,
         constants=_constants(s, columns),
+        sheet=sheet,
         **params,
     )
 

@@ -39,16 +39,18 @@ from dropzone.intake import Intake
 from dropzone.jobs import ChunkState, FileState
 from dropzone.marketo import MarketoClient
 from dropzone.owners import assign_owners
+from dropzone.pgp import Keyring
 from dropzone.preflight import reloadable
 from dropzone.prepare import Prepare
 from dropzone.report import Report
 from dropzone.store import Store
 from dropzone.targetwatch import TargetWatch
+from dropzone.unpacker import Unpacker
 
 log = structlog.get_logger("dropzone.daemon")
 
 #: Files in these states are on their way: the daemon is not idle.
-IN_FLIGHT = (FileState.CLAIMING, FileState.CLAIMED, FileState.SPLIT, FileState.FINISHING)
+IN_FLIGHT = (FileState.CLAIMING, FileState.CLAIMED, FileState.SPLIT, FileState.UNPACKED, FileState.FINISHING)
 
 
 class Daemon:
@@ -82,6 +84,12 @@ class Daemon:
         self.metrics = health.Metrics(clock=clock)
         self.watchdog = notify.Watchdog.from_env()
         self.store = Store(config.state_dir)
+        Keyring.sweep(config.state_dir / D.PGP_DIRNAME)  # keyrings a crash left, agents included
+        try:
+            keyring = self._keyring(config)
+        except BaseException:
+            self.store.close()
+            raise
         #: The real path of each configured inbox, outbox and archive, taken at start and on
         #: reload: a path that later leads elsewhere (a symlink swapped in) is refused.
         self.pins: dict[Path, str] = {}
@@ -93,6 +101,7 @@ class Daemon:
         self.prepare = Prepare(
             self.store, self.inbox_of, config.state_dir, config.split_max_bytes, self.metrics, self._heartbeat,
             pins=self.pins, preflight=Preflight(self._stage_of, self.targets, wake=self._wake),
+            unpacker=Unpacker(config.unpack, keyring),
         )
         #: One dispatch stage per Marketo instance, by name; a reload adds, rebuilds and drains them.
         self.dispatches: dict[str, Dispatch] = {
@@ -144,6 +153,13 @@ class Daemon:
         """A call finished (on its thread): end the loop's idle wait. A hint no inbox takes."""
         self.hints.put((Path(), ""))
 
+    @staticmethod
+    def _keyring(config: Config) -> Keyring | None:
+        """A private keyring built from ``pgp.private_key_file`` (at start and on every reload), or None."""
+        if config.pgp is None:
+            return None
+        return Keyring.build(config.pgp, config.state_dir / D.PGP_DIRNAME, source=config.source)
+
     def _intake(self, inbox: Inbox) -> Intake:
         return Intake(inbox, self.store, self.hints, heartbeat=self._heartbeat, pins=self.pins)
 
@@ -188,6 +204,9 @@ class Daemon:
             intake.stop()
         for stage in self._stages():
             stage.close(self.clock())  # answers already in are recorded first
+        if self.prepare.unpacker.keyring is not None:
+            self.prepare.unpacker.keyring.close()
+            self.prepare.unpacker.keyring = None
         self.store.close()
 
     def start(self) -> None:
@@ -410,11 +429,17 @@ class Daemon:
         notify.reloading()
         try:
             new = reloadable(self._reload_config, self.config)
+            keyring = self._keyring(new)  # the key file is read again: a new key takes effect here
         except DropzoneError as exc:
             log.error("reload_refused_keeping_old_config", error=str(exc))
             notify.ready()
             return
         changes: list[str] = []
+        old_keyring, self.prepare.unpacker.keyring = self.prepare.unpacker.keyring, keyring
+        if old_keyring is not None:
+            old_keyring.close()
+        if (old_keyring, keyring) != (None, None):
+            changes.append("pgp key imported" if keyring else "pgp removed")
         wanted = {i.path: i for i in new.inboxes}
         for path in [p for p in self.intakes if p not in wanted]:
             retired = self._retired[path] = self.intakes.pop(path)
@@ -438,6 +463,9 @@ class Daemon:
             for dispatch in self.dispatches.values():
                 dispatch.split_max_bytes = new.split_max_bytes  # merged imports stay within the new limit
             changes.append("split_max_bytes changed")
+        if new.unpack != self.config.unpack:
+            self.prepare.unpacker.limits = new.unpack
+            changes.append("unpacking bounds changed")
         for name in ("http", "log"):
             if getattr(new, name) != getattr(self.config, name):
                 changes.append(f"{name} changed (applies after a restart)")

@@ -108,6 +108,26 @@ TARGET_FIRST_WAIT_S: Final = 60.0
 NOT_IN_PROGRAM: Final = "Not in Program"
 """The program member status every channel has and no import may give (Marketo's own docs)."""
 
+# --- Compressed, encrypted and spreadsheet drops (``unpacking``) -------------------
+
+MAX_EXPANDED_BYTES: Final = 2 << 30
+"""Largest a decompressed, decrypted or converted file may grow (each zip member too): 2 GiB."""
+MAX_ARCHIVE_BYTES: Final = 4 << 30
+"""Largest the members of one zip may grow together: 4 GiB."""
+MAX_ARCHIVE_MEMBERS: Final = 1_000
+"""Most files one zip may hold (folders not counted)."""
+MAX_COMPRESSION_RATIO: Final = 100
+"""Largest expanded/compressed size ratio (Apache POI's bound for zip bombs); a CSV rarely passes 20."""
+RATIO_GRACE_BYTES: Final = 1 << 20
+"""The ratio applies beyond this much output: a small file of repeated values compresses far better
+than 100:1 and is no bomb."""
+MAX_WORKBOOK_BYTES: Final = 256 << 20
+"""Largest an .xlsx's parts may grow, expanded: the reader holds a whole sheet in memory."""
+DECRYPT_DEADLINE_S: Final = 240.0
+"""Wall-clock bound on one gpg run (inside the 300 s watchdog): a stuck agent must not hold the loop."""
+PGP_DIRNAME: Final = "pgp"
+"""The private keyring's folder under ``state_dir`` (mode 0700), rebuilt from the key file at start and reload."""
+
 # --- Inboxes -----------------------------------------------------------------
 
 WATCH: Final = WatchMode.AUTO

@@ -10,6 +10,7 @@ client secret or an access token.
     + UnknownFieldError         a header column that is no field of the Marketo object (pre-flight)
   x DescribeUnavailableError    Marketo's description of an object or import target could not be had or read
   x StoreError                  the journal is unusable, or another daemon holds it
+  x DecryptUnavailableError     gpg or our PGP key failed us, not the partner's file (tried again later)
   x MarketoError                carries Marketo's code (a string), its message and any Retry-After
     + TransientError            not executed, or a GET that can be repeated: 604, 608, 611, 614, a
                                 refused connection; on GETs also 502/713/719, any HTTP error or
@@ -80,6 +81,10 @@ class DescribeUnavailableError(DropzoneError):
 
 class StoreError(DropzoneError):
     pass
+
+
+class DecryptUnavailableError(DropzoneError):
+    """gpg, its agent or our private key failed (not the partner's file): the file stays claimed and is tried again."""
 
 
 class MarketoError(DropzoneError):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import structlog
 
-from dropzone import __version__, jobs, outbox, readiness, routing, safefs, watching
+from dropzone import __version__, jobs, outbox, readiness, routing, safefs, unpacking, watching
 from dropzone import defaults as D
 from dropzone.config import Inbox
 from dropzone.jobs import FileState
@@ -310,13 +310,14 @@ class Intake:
 
     def _candidate(self, rel: str) -> _Candidate:
         ignored = readiness.is_ignored_path(rel, self.inbox.marker_suffixes)
-        match = None if ignored else routing.route(self.inbox.routes, rel)
+        # A leads.csv.gz waits for the marker of leads.csv's route (its own name + the suffix).
+        match = None if ignored else unpacking.route(self.inbox.routes, unpacking.peel(rel))
         if isinstance(match, routing.RouteMatch) and match.route.marker:
             marker_name = os.fsencode(rel.rpartition("/")[2] + match.route.marker)
             if len(marker_name) > outbox.NAME_MAX:
                 # Its marker cannot exist: not waited for; prepare refuses the file with the reason.
                 return _Candidate(None, None, never_ready=False)
-            return _Candidate(match.route.marker, match.marker_relpath, never_ready=False)
+            return _Candidate(match.route.marker, match.route.marker_for(rel), never_ready=False)
         return _Candidate(None, None, never_ready=ignored)
 
     def _forget(self, rel: str) -> None:

@@ -15,7 +15,11 @@ A file::
 
     claiming ──► claimed ──► split ──► finishing ──► done
                     │                     ▲
-                    └──── (rejected) ─────┘
+                    ├──── (rejected) ─────┤
+                    └──► unpacked ────────┘ (a zip: once every member it holds is done)
+
+A zip's members are files of their own (``parent_id``: the zip), born ``claimed`` (or already
+refused) in the one transaction that moves the zip to ``unpacked``.
 
 A chunk (its own Marketo batch, or one batch shared with other files' chunks:
 ``coalescing``; the chunks of a shared batch move together, one verb each)::
@@ -47,6 +51,7 @@ class FileState(enum.StrEnum):
     CLAIMING = "claiming"  # row written, rename into the processing area not yet confirmed
     CLAIMED = "claimed"  # the original is in the processing area
     SPLIT = "split"  # chunks recorded; they move on their own
+    UNPACKED = "unpacked"  # a zip whose members were taken out: it waits for them
     FINISHING = "finishing"  # outcome known; outbox and archive being written
     DONE = "done"
 
@@ -69,8 +74,9 @@ class Outcome(enum.StrEnum):
 
 FILE_TRANSITIONS: dict[FileState, frozenset[FileState]] = {
     FileState.CLAIMING: frozenset({FileState.CLAIMED, FileState.DONE}),
-    FileState.CLAIMED: frozenset({FileState.SPLIT, FileState.FINISHING}),
+    FileState.CLAIMED: frozenset({FileState.SPLIT, FileState.FINISHING, FileState.UNPACKED}),
     FileState.SPLIT: frozenset({FileState.FINISHING}),
+    FileState.UNPACKED: frozenset({FileState.FINISHING}),
     FileState.FINISHING: frozenset({FileState.DONE}),
     FileState.DONE: frozenset(),
 }

@@ -19,7 +19,7 @@ from dropzone.jobs import ChunkState, FileState, Outcome
 from dropzone.kinds import FileFormat
 from dropzone.targets import ImportTarget
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Schema 2, as created; later schemas are reached through ``UPGRADES`` from here.
 DDL = (
@@ -107,6 +107,12 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE chunks ADD COLUMN upload_path BLOB",
         "CREATE INDEX IF NOT EXISTS chunks_group ON chunks(group_id)",
     ),
+    # 5: archives. A zip's members are files of their own: ``parent_id`` is the zip's id (NULL: a file
+    # dropped as it is); the zip waits for them in state ``unpacked`` (a new value, no column).
+    4: (
+        "ALTER TABLE files ADD COLUMN parent_id INTEGER REFERENCES files(id)",
+        "CREATE INDEX IF NOT EXISTS files_parent ON files(parent_id)",
+    ),
 }
 
 
@@ -136,6 +142,8 @@ class FileRow:
     ino: int | None
     #: The header line as written to every chunk, when the route lets the file share imports (``coalesce``).
     header: bytes | None = None
+    #: The zip this file came out of (None: dropped as it is).
+    parent_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +206,23 @@ class NewClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class NewMember:
+    """One file taken out of a zip (or refused), as ``Store.record_unpack`` journals it.
+
+    ``relpath``: where it is routed and reported (the zip's folder, then its name in the zip); for a member
+    whose name cannot name a file (``own_status`` False), its name in the zip, shown in the zip's status only.
+    ``path``: its extracted plaintext in the zip's work dir (never written for a refused one). ``error``:
+    why it is refused (it is then ``Rejected`` without being read).
+    """
+
+    relpath: str
+    path: Path
+    size: int
+    error: str | None = None
+    own_status: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Results:
     """One chunk's result files in the work area, and counters Marketo left out (or a shared batch's share)."""
 
@@ -237,6 +262,7 @@ def file_row(r: sqlite3.Row) -> FileRow:
         dev=r["dev"],
         ino=r["ino"],
         header=r["header"],
+        parent_id=r["parent_id"],
     )
 
 

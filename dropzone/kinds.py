@@ -62,6 +62,24 @@ class FileFormat(enum.StrEnum):
 _DELIMITERS = {FileFormat.CSV: ",", FileFormat.TSV: "\t", FileFormat.SSV: ";"}
 
 
+class Layer(enum.StrEnum):
+    """A wrapping around a partner's data, peeled before it is routed (``unpacking``)."""
+
+    PGP = "pgp"  # *.pgp, *.gpg, *.asc: decrypted with the configured private key
+    GZIP = "gzip"  # *.gz: one file, decompressed as a stream
+    ZIP = "zip"  # *.zip: each member is a file of its own
+
+    @classmethod
+    def from_extension(cls, ext: str) -> Layer | None:
+        """The layer a name's extension (without its dot, any case) announces, if any."""
+        return _LAYER_EXTENSIONS.get(ext.lower())
+
+
+_LAYER_EXTENSIONS = {"pgp": Layer.PGP, "gpg": Layer.PGP, "asc": Layer.PGP, "gz": Layer.GZIP, "zip": Layer.ZIP}
+#: A workbook's extension: converted to CSV (its first sheet, or the route's ``sheet``) before it is split.
+SHEET_EXTENSION = "xlsx"
+
+
 class WatchMode(enum.StrEnum):
     AUTO = "auto"  # polling on network/FUSE/overlay filesystems, native events elsewhere
     NATIVE = "native"
@@ -82,4 +100,4 @@ class LogLevel(enum.StrEnum):
     CRITICAL = "critical"
 
 
-__all__ = ["FileFormat", "LogFormat", "LogLevel", "ObjectKind", "TargetPart", "WatchMode"]
+__all__ = ["SHEET_EXTENSION", "FileFormat", "Layer", "LogFormat", "LogLevel", "ObjectKind", "TargetPart", "WatchMode"]

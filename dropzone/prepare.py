@@ -38,14 +38,15 @@ from typing import BinaryIO
 import structlog
 
 from dropzone import defaults as D
-from dropzone import fieldcheck, health, mapping, outbox, routing, safefs, splitting
+from dropzone import fieldcheck, health, mapping, outbox, routing, safefs, splitting, unpacking
 from dropzone.config import Inbox, Route
 from dropzone.describe import Schema
-from dropzone.errors import InputError, StoreError, UnknownFieldError
+from dropzone.errors import DecryptUnavailableError, InputError, StoreError, UnknownFieldError
 from dropzone.gate import Gate, Preflight
 from dropzone.jobs import FileState, Outcome
 from dropzone.kinds import ObjectKind
 from dropzone.store import FileRow, NewChunk, Store
+from dropzone.unpacker import Unpacker
 
 log = structlog.get_logger("dropzone.prepare")
 
@@ -180,6 +181,8 @@ class Prepare:
     pins: dict[Path, str] = field(default_factory=dict)
     #: Target checks and describes (``gate``); None splits every file unchecked by Marketo.
     preflight: Preflight | None = None
+    #: Peels compressed, encrypted and spreadsheet drops before they are split (``unpacker``).
+    unpacker: Unpacker = field(default_factory=Unpacker)
     #: Claimed files that changed after their claim, by file id: split once they stop changing.
     _growing: dict[int, _Growing] = field(default_factory=dict)
     #: Files that named an unknown column and waited for a fresh describe: rejected if they still do.
@@ -223,8 +226,16 @@ class Prepare:
     def _gate(self, row: FileRow, now: float) -> tuple[Route, Gate] | None:
         """The file's route and what ``Preflight`` says of it; None when there is no route (rejected by _split)."""
         inbox = self.inbox_of(row.inbox) if self.preflight is not None else None
-        match = routing.route(inbox.routes, row.relpath) if inbox is not None else None
-        if self.preflight is None or match is None or isinstance(match, routing.NoMatch):
+        if self.preflight is None or inbox is None:
+            return None
+        try:
+            plan = self.unpacker.plan(row.relpath, member=row.parent_id is not None)
+        except InputError:
+            return None  # refused by _split, with the reason
+        if plan.archive:
+            return None  # a zip: its members are checked, each by its own route
+        match = unpacking.route(inbox.routes, plan)
+        if isinstance(match, routing.NoMatch):
             return None
         return match.route, self.preflight.gate(match.route, now)
 
@@ -259,7 +270,7 @@ class Prepare:
         except InputError as exc:
             log.info("file_rejected", reason=str(exc), line=exc.line)
             self._reject(row, str(exc), exc.line)
-        except (OSError, StoreError, sqlite3.Error) as exc:
+        except (OSError, StoreError, DecryptUnavailableError, sqlite3.Error) as exc:
             # The work area or the journal failed us, not the partner: keep the
             # file claimed and try again; never reject good data for it.
             log.error("prepare_failed_will_retry", error=str(exc))
@@ -284,7 +295,11 @@ class Prepare:
         inbox = self.inbox_of(row.inbox)
         if inbox is None:
             raise InputError(f"{outbox.printable(row.relpath)}: its inbox is no longer configured")
-        match = routing.route(inbox.routes, row.relpath)
+        plan = self.unpacker.plan(row.relpath, member=row.parent_id is not None)
+        if plan.archive:
+            self._unpack(row, plan)
+            return
+        match = unpacking.route(inbox.routes, plan)
         if isinstance(match, routing.NoMatch):
             raise match.error()
         marker_name = row.relpath.rpartition("/")[2] + (match.route.marker or "")
@@ -322,13 +337,16 @@ class Prepare:
 
         growing = self._growing.get(row.id)
         expected = (growing.size, growing.mtime_ns) if growing else (row.size, None)
-        with self._open_original(row) as source:
+        with self._open_original(row) as source, contextlib.ExitStack() as decoded:
             before = os.fstat(source.fileno())
             if before.st_size != expected[0] or expected[1] not in (None, before.st_mtime_ns):
                 raise _StillWrittenError(before.st_size, before.st_mtime_ns)
             try:
+                # What the original's layers hold (``unpacker``), or the original itself.
+                data = decoded.enter_context(self.unpacker.plaintext(source, plan, work, notes=notes,
+                                                                     sheet=match.route.sheet))
                 result = splitting.split(
-                    source,
+                    data,
                     open_chunk,
                     fmt=match.format,
                     max_bytes=self.split_max_bytes,
@@ -380,9 +398,42 @@ class Prepare:
         self.metrics.file_split(len(chunks))
         log.info("file_split", chunks=len(chunks), rows=result.rows)
 
+    def _unpack(self, row: FileRow, plan: unpacking.Plan) -> None:
+        """A zip: its members, taken out into its work dir, become files of their own in one transaction."""
+        work = work_dir(self.state_dir, row.id)
+        shutil.rmtree(work, ignore_errors=True)  # a crash mid-unpack: it is simply done again
+        work.mkdir(parents=True)
+        notes: list[str] = []
+        growing = self._growing.get(row.id)
+        expected = (growing.size, growing.mtime_ns) if growing else (row.size, None)
+        with self._open_original(row) as source:
+            before = os.fstat(source.fileno())
+            if before.st_size != expected[0] or expected[1] not in (None, before.st_mtime_ns):
+                raise _StillWrittenError(before.st_size, before.st_mtime_ns)
+            try:
+                members = self.unpacker.unpack(source, plan, work, notes=notes)
+            finally:
+                after = os.fstat(source.fileno())  # as in _split: still being written is no reason to reject
+                if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                    before.st_size, before.st_mtime_ns, before.st_ctime_ns
+                ):
+                    raise _StillWrittenError(after.st_size, after.st_mtime_ns)
+        self._growing.pop(row.id, None)
+        self.store.record_unpack(row.id, members, notes=notes)
+        log.info("archive_unpacked", members=len(members), refused=sum(1 for m in members if m.error))
+
     @contextlib.contextmanager
     def _open_original(self, row: FileRow) -> Iterator[BinaryIO]:
-        """The claimed original, from the private processing area, as the claim saw it."""
+        """The claimed original, from the private processing area, as the claim saw it (a zip's member: from
+        the zip's work dir under state_dir)."""
+        if row.parent_id is not None:
+            try:
+                fd = os.open(row.processing_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise InputError(f"{outbox.printable(row.relpath)}: taken out of its zip, then lost") from None
+            with os.fdopen(fd, "rb") as member:
+                yield member
+            return
         area, name = row.processing_path.parent, row.processing_path.name
         expect = (row.dev, row.ino) if row.dev is not None and row.ino is not None else None
         try:

@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from dropzone import __version__, health, jobs, mapping, outbox, safefs
+from dropzone import __version__, health, jobs, mapping, members, outbox, safefs
 from dropzone.config import Inbox
 from dropzone.intake import MARKER_SUFFIX_IN_PROCESSING
 from dropzone.jobs import ChunkState, FileState, Outcome
@@ -130,6 +130,11 @@ class Report:
             )
             self.store.settle(row.id, outcome, error=file_error(chunks))
             busy = True
+        for row in self.store.files([FileState.UNPACKED]):  # a zip, once every file it held is done
+            settled = members.settle(row, self.store.children(row.id))
+            if settled is not None:
+                self.store.settle(row.id, settled[0], error=settled[1])
+                busy = True
         return busy
 
     # ---- results ------------------------------------------------------------------
@@ -148,7 +153,8 @@ class Report:
                     log.error("results_undeliverable_kept", reason=str(exc), kept_in=str(where))
                     self._deliver(row, fmt, where, trusted=True)
             row = self.store.file(row.id)
-        archived = self._archive(row, inbox)
+        # A zip's member has no original of its own: the zip is archived whole, once they are all done.
+        archived = self._archive(row, inbox) if row.parent_id is None else None
         self.store.finish_file(row.id, finished_at=row.finished_at or utc_now(), archived_to=archived)
         shutil.rmtree(work_dir(self.state_dir, row.id), ignore_errors=True)
 
@@ -196,13 +202,15 @@ class Report:
                 warnings_file=written["warnings"],
                 version=__version__,
             )
+            counted = {k: doc[k] for k in ("status", "rowsProcessed", "rowsFailed", "rowsWithWarning")}
+            doc.update(self._family(row))  # a zip's members (their rows counted once, as theirs), a member's zip
             out.atomic_write(status_name, outbox.json_bytes(doc), create_dirs=True)
         self.store.mark_reported(row.id, finished_at=doc["finishedAt"])
         self.metrics.file_finished(
-            doc["status"],
-            rows_processed=doc["rowsProcessed"],
-            rows_failed=doc["rowsFailed"],
-            rows_warned=doc["rowsWithWarning"],
+            counted["status"],
+            rows_processed=counted["rowsProcessed"],
+            rows_failed=counted["rowsFailed"],
+            rows_warned=counted["rowsWithWarning"],
         )
         log.info(
             "file_finished",
@@ -226,6 +234,24 @@ class Report:
             # The results still go out, under the names as sent: better than none.
             log.error("reverse_map_unreadable", error=str(exc))
             return None
+
+    def _family(self, row: FileRow) -> dict[str, Any]:
+        """A member's zip, or a zip's members, for the status file (nothing for other files)."""
+        if row.parent_id is not None:
+            return members.member_doc(self.store.file(row.parent_id))
+        children = self.store.children(row.id) if row.target is None else []
+        if not children:
+            return {}
+
+        def counts(child: FileRow) -> members.Counts:
+            docs = [batch_doc(c) for c in self.store.chunks_of(child.id)]
+
+            def total(key: str) -> int:
+                return sum(d[key] or 0 for d in docs)
+
+            return total("rowsProcessed"), total("rowsFailed"), total("rowsWithWarning")
+
+        return members.archive_doc(row, children, counts)
 
     @staticmethod
     def _route_doc(row: FileRow) -> dict[str, Any] | None:

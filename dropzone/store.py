@@ -39,6 +39,7 @@ from dropzone.journal_schema import (
     FileRow,
     NewChunk,
     NewClaim,
+    NewMember,
     Results,
     chunk_row,
     file_row,
@@ -227,6 +228,33 @@ class Store:
                     for c in chunks
                 ],
             )
+
+    def record_unpack(self, file_id: int, members: Sequence[NewMember], *, notes: Sequence[str] = ()) -> None:
+        """A zip's members become files of their own (``parent_id``), and the zip waits for them: one transaction.
+
+        Taken out: ``claimed``, routed and split like any file. Refused: ``finishing``, ``Rejected`` (its own
+        status says why), or ``done`` at once when its name cannot name a file (the zip's status says why).
+        """
+        with self.transaction() as db:
+            self._move(db, "files", file_id, FileState.UNPACKED)
+            inbox, received_at = db.execute("SELECT inbox, received_at FROM files WHERE id=?", (file_id,)).fetchone()
+            for note in notes:
+                self._note(db, file_id, note)
+            for m in members:
+                refused = (Outcome.REJECTED, _text(m.error)) if m.error is not None else (None, None)
+                told = FileState.FINISHING if m.own_status else FileState.DONE  # by its own status, or the zip's
+                state = FileState.CLAIMED if m.error is None else told
+                db.execute(
+                    "INSERT INTO files (inbox, relpath, processing_path, state, size, received_at, parent_id, outcome,"
+                    " error, outbox_files, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (inbox, os.fsencode(m.relpath), _b(m.path), state, m.size, received_at, file_id, *refused,
+                     *(("[]", utc_now()) if state is FileState.DONE else (None, None))),
+                )
+
+    def children(self, file_id: int) -> list[FileRow]:
+        """The files a zip held, in the zip's order."""
+        rows = self._db.execute("SELECT * FROM files WHERE parent_id=? ORDER BY id", (file_id,))
+        return [file_row(r) for r in rows]
 
     def settle(self, file_id: int, outcome: Outcome, *, error: str | None = None, line: int | None = None) -> None:
         """The outcome is known (or the file was refused): move it to ``finishing``."""
@@ -578,6 +606,7 @@ __all__ = [
     "FileRow",
     "NewChunk",
     "NewClaim",
+    "NewMember",
     "Results",
     "Store",
     "utc_now",

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dropzone import config, instances
+from dropzone import config, instances, unpack_config
 from dropzone import defaults as D
 from dropzone.config import (
     Config,
@@ -752,6 +752,7 @@ class TestLoad:
             + config._ROUTE_KEYS
             + config._HTTP_KEYS
             + config._LOG_KEYS
+            + unpack_config.PGP_KEYS
         )
         missing = [k for k in keys if not re.search(rf"^\s*#?\s*-?\s*{k}:", text, re.MULTILINE)]
         assert missing == []

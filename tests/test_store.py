@@ -26,6 +26,7 @@ from dropzone.store import (
     Counts,
     FileRow,
     NewChunk,
+    NewMember,
     Results,
     Store,
 )
@@ -92,6 +93,10 @@ _FILE_ORDER = [FileState.CLAIMING, FileState.CLAIMED, FileState.SPLIT, FileState
 
 def file_in(store: Store, tmp_path: Path, state: FileState) -> int:
     fid = claim(store, tmp_path, f"in_{state}.csv")
+    if state is FileState.UNPACKED:  # a zip, waiting for its members
+        store.confirm_claim(fid)
+        store.record_unpack(fid, [])
+        return fid
     steps: list[Callable[[], object]] = [
         lambda: store.confirm_claim(fid),
         lambda: split(store, tmp_path, fid),
@@ -308,6 +313,10 @@ _FILE_VERBS: dict[str, tuple[FileState, Callable[[Store, int, Path], object]]] =
             rows=30,
             notes=["must not stick"],
         ),
+    ),
+    "record_unpack": (
+        FileState.UNPACKED,
+        lambda s, fid, tmp: s.record_unpack(fid, [NewMember("x.csv", tmp / "m", 3)], notes=["must not stick"]),
     ),
     "settle": (FileState.FINISHING, lambda s, fid, tmp: s.settle(fid, Outcome.FAILED, error="must not stick", line=9)),
     "finish_file": (
@@ -624,7 +633,7 @@ class TestJournalFile:
         db = raw(tmp_path)
         try:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         finally:
             db.close()
         assert (tmp_path / "state" / f"{DB_NAME}-wal").exists()
@@ -732,7 +741,7 @@ class TestMigration:
             indexes = dict(db.execute(named))
             assert indexes == {
                 "files_state": "files", "files_identity": "files", "files_route": "files", "chunks_state": "chunks",
-                "chunks_instance_state": "chunks", "chunks_group": "chunks",
+                "chunks_instance_state": "chunks", "chunks_group": "chunks", "files_parent": "files",
             }
             assert "header" in file_columns and {"group_id", "upload_path"} <= set(chunk_columns)
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -890,7 +899,7 @@ class TestMigrationToShared:
             store.close()
         db = raw(tmp_path)
         try:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
             assert "header" in columns(db, "files")
             assert {"group_id", "upload_path"} <= set(columns(db, "chunks"))
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
