@@ -185,7 +185,13 @@ GAUGES_EVERY_S: Final = 1.0
 """Seconds between two updates of the queued-chunks gauges: counting a backlog's chunks costs
 O(backlog), and once a second is fresh enough for /metrics."""
 PREPARES_PER_PASS: Final = 4
-"""Files split in one pass; a split may take seconds."""
+"""Files a pass looks at first to split; a split may take seconds."""
+PREPARE_PASS_S: Final = 0.2
+"""A pass goes on splitting files (up to PREPARES_MAX_PER_PASS) while it has spent less than this on them:
+a backlog of small files is split hundreds a second, so coalescing has them to merge, while one large
+file still ends the pass."""
+PREPARES_MAX_PER_PASS: Final = 500
+"""Most files split in one pass, however small."""
 TRACKED_PER_INBOX: Final = 10_000
 """Candidates one inbox tracks between scans; beyond it, names wait for the next scan.
 Temporary names (which cannot become ready) have a cap of their own, so they never crowd out a real file."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dropzone.defaults import DEFAULT_INSTANCE
+from dropzone.errors import StoreError
 from dropzone.jobs import ChunkState, FileState, Outcome
 from dropzone.kinds import FileFormat
 from dropzone.targets import ImportTarget
@@ -284,3 +285,34 @@ def _target(raw: str | None) -> ImportTarget | None:
     doc = json.loads(raw)
     doc.pop("format", None)  # schema 1 kept the format in the route
     return ImportTarget.from_json(json.dumps(doc))
+
+
+def migrate(db: sqlite3.Connection, state_dir: Path, *, write: bool) -> None:
+    """Bring the journal at ``db`` to ``SCHEMA_VERSION`` in one transaction (``write`` False: only read it)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the journal in {state_dir} was written by a newer dropzone (schema {version}); upgrade dropzone"
+        )
+    if not write and 0 < version < SCHEMA_VERSION:
+        # A reader (``dropzone status``) beside an older running daemon never upgrades its journal.
+        raise StoreError(
+            f"the journal in {state_dir} has schema {version}; the dropzone that owns it is older "
+            f"than this command (schema {SCHEMA_VERSION}): restart it with this version first"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 0:
+            for statement in DDL:
+                db.execute(statement)
+            version = 2
+        for old in range(version, SCHEMA_VERSION):
+            for statement in UPGRADES[old]:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

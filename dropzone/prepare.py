@@ -30,6 +30,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,16 +194,23 @@ class Prepare:
     def run_once(self, now: float) -> bool:
         """Split up to a few claimed files; True when one moved on."""
         busy = self.preflight.run_once(now) if self.preflight is not None else False
-        # The oldest few, not the whole backlog. Skipped over: files still changing after their claim,
-        # and those the pre-flight holds (a wrong target) or keeps waiting, which must not starve the
-        # files behind them: the look goes on, further each time, until a few start or none are left.
+        # The oldest few, not the whole backlog: more while small ones split quickly (PREPARE_PASS_S).
+        # Skipped over: files still changing after their claim, and those the pre-flight holds (a wrong
+        # target) or keeps waiting, which must not starve the files behind them: the look goes on,
+        # further each time, until the pass has split enough or none are left.
         window = D.PREPARES_PER_PASS + len(self._growing) + self._skipped
         started = skipped = 0
         looked: set[int] = set()
-        while True:
+        until = time.monotonic() + D.PREPARE_PASS_S
+        retrying = False  # a file kept for a retry (a disk or journal error): the next pass, not the next file
+
+        def enough() -> bool:
+            return retrying or started >= D.PREPARES_MAX_PER_PASS or (started > 0 and time.monotonic() >= until)
+
+        while not enough():
             rows = self.store.files([FileState.CLAIMED], first=window)
             for row in rows:
-                if started >= D.PREPARES_PER_PASS:
+                if enough():
                     break
                 if row.id in looked:
                     continue
@@ -216,8 +224,10 @@ class Prepare:
                         continue  # held, or waiting for Marketo: not busy, the answer wakes the loop
                     started += 1
                     self.heartbeat()
-                    busy |= self._prepare_one(row, now, gated)
-            if started >= D.PREPARES_PER_PASS or len(rows) < window:
+                    moved = self._prepare_one(row, now, gated)
+                    busy |= moved
+                    retrying = not moved
+            if len(rows) < window:
                 break
             window *= 2
         self._skipped = skipped

@@ -31,9 +31,7 @@ from dropzone.jobs import (
     check_file_transition,
 )
 from dropzone.journal_schema import (
-    DDL,
     SCHEMA_VERSION,
-    UPGRADES,
     ChunkRow,
     Counts,
     FileRow,
@@ -43,6 +41,7 @@ from dropzone.journal_schema import (
     Results,
     chunk_row,
     file_row,
+    migrate,
 )
 from dropzone.kinds import FileFormat
 from dropzone.targets import ImportTarget
@@ -94,7 +93,7 @@ class Store:
             # FULL: a transition that returned is on disk, even after power loss.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate(write=lock)
+            migrate(self._db, self.state_dir, write=lock)
             for statement in queries.INDEXES if lock else ():
                 self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
@@ -117,30 +116,6 @@ class Store:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
-
-    def _migrate(self, *, write: bool) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the journal in {self.state_dir} was written by a newer dropzone (schema {version}); upgrade dropzone"
-            )
-        if not write and 0 < version < SCHEMA_VERSION:
-            # A reader (``dropzone status``) beside an older running daemon never upgrades its journal.
-            raise StoreError(
-                f"the journal in {self.state_dir} has schema {version}; the dropzone that owns it is older "
-                f"than this command (schema {SCHEMA_VERSION}): restart it with this version first"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        with self.transaction():
-            if version == 0:
-                for statement in DDL:
-                    self._db.execute(statement)
-                version = 2
-            for old in range(version, SCHEMA_VERSION):
-                for statement in UPGRADES[old]:
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
