@@ -43,7 +43,8 @@ def test_mapped_files_zipped_and_encrypted_land_under_marketo_fields_and_a_typo_
 ):
     pgp_keys.secret_key("ours", tmp_path / "ours.key")
     daemon = daemon_factory(routes=EXPO + ROUTES, extra="pgp:\n  private_key_file: ours.key")
-    drop(tmp_path, "drop1.zip", make_zip([("expo_zip.csv", PARTNER), ("leads_typo.csv", b"email,firstNme\ni@x.com,I\n")]))
+    typo = b"email,firstNme\ni@x.com,I\n"
+    drop(tmp_path, "drop1.zip", make_zip([("expo_zip.csv", PARTNER), ("leads_typo.csv", typo)]))
     drop(tmp_path, "expo_sealed.csv.gz.pgp", pgp_keys.encrypt(gzip.compress(PARTNER.replace(b"gina", b"gus"))))
     run_until_idle(daemon)
 
@@ -56,10 +57,10 @@ def test_mapped_files_zipped_and_encrypted_land_under_marketo_fields_and_a_typo_
     assert {r["leadSource"] for r in rows} == {"Expo 2026"}
     assert rows[0]["firstName"] == 'Gina, "G"'
 
-    typo = status_of(tmp_path, "leads_typo.csv")
-    assert typo["status"] == "Rejected"
-    assert '"firstNme" is not a lead field; did you mean "firstName"?' in typo["error"]["message"]
+    refused = status_of(tmp_path, "leads_typo.csv")
+    assert refused["status"] == "Rejected"
+    assert '"firstNme" is not a lead field; did you mean "firstName"?' in refused["error"]["message"]
     headers = [s["header"] for s in simulator.submissions()]
     assert headers and all(h == ["email", "firstName", "leadSource"] for h in headers)  # the typo never sent
-    assert all("i@x.com" != r["row"].get("email") for r in simulator.imported_rows())
+    assert all(r["row"].get("email") != "i@x.com" for r in simulator.imported_rows())
     assert status_of(tmp_path, "drop1.zip")["status"] == "Partial"
