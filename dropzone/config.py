@@ -18,7 +18,6 @@ key.
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from dropzone.errors import ConfigError
 from dropzone.globs import compile_glob, literal_extension, sample_name
 from dropzone.instances import MarketoSettings, parse_instances
 from dropzone.kinds import SHEET_EXTENSION, FileFormat, Layer, LogFormat, LogLevel, ObjectKind, WatchMode
-from dropzone.mapping import constant_text, loose
+from dropzone.mapping_config import parse_columns, parse_constants
 from dropzone.readiness import is_ignored_name
 from dropzone.schema import (
     Context,
@@ -434,7 +433,7 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
         )
         if params["program_member_status"].strip().casefold() == D.NOT_IN_PROGRAM.casefold():
             raise s.error("programMemberStatus", f'"{D.NOT_IN_PROGRAM}" is never a valid status for an import')
-    columns = _columns(s)
+    columns = parse_columns(s)
     return Route(
         match=match,
         object=kind,
@@ -446,89 +445,10 @@ def _route(ctx: Context, data: object, path: str, names: Sequence[str], inbox_in
         preflight=s.boolean("preflight", D.PREFLIGHT),
         instance=_instance(s, names, inbox_instance) or inbox_instance,
         columns=columns,
-        constants=_constants(s, columns),
+        constants=parse_constants(s, columns),
         sheet=sheet,
         **params,
     )
-
-
-def _item(s: Section, key: str, name: str) -> str:
-    """The key path of one entry of a mapping whose keys are free text: ``routes[0].columns["First Name"]``."""
-    return f"{s.key(key)}[{json.dumps(name, ensure_ascii=False)}]"
-
-
-def _field_name(s: Section, where: str, value: object, what: str) -> str:
-    """A Marketo field name as the route gives it: a string Marketo can take as a header name."""
-    if not isinstance(value, str):
-        raise s.ctx.error(where, f"expected {what}, got {describe(value)}")
-    if not value.strip():
-        raise s.ctx.error(where, "must not be empty")
-    if value != value.strip():
-        raise s.ctx.error(where, f"{value!r} has spaces around it: Marketo would fail every row")
-    if "\n" in value or "\r" in value:
-        raise s.ctx.error(where, f"{value!r} has a line break")
-    return str(value)
-
-
-def _mapping(s: Section, key: str) -> dict[object, object]:
-    raw = s.raw(key)
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise s.error(key, f"expected a mapping of names, got {describe(raw)}")
-    for name in raw:
-        if not isinstance(name, str):
-            raise s.error(key, f"names must be strings (quote {name!r}), got {describe(name)}")
-        if not name.strip():
-            raise s.error(key, "names must not be empty")
-    return raw
-
-
-def _columns(s: Section) -> tuple[tuple[str, str | None], ...]:
-    """``columns``: partner header name → Marketo field name, or null to drop the column."""
-    columns: list[tuple[str, str | None]] = []
-    by_loose: dict[str, str] = {}
-    by_target: dict[str, str] = {}
-    for name, value in _mapping(s, "columns").items():
-        assert isinstance(name, str)  # _mapping checked
-        where = _item(s, "columns", name)
-        other = by_loose.setdefault(loose(name), name)
-        if other != name:
-            raise s.ctx.error(
-                where,
-                f"matches the same header names as {_item(s, 'columns', other)} (names are matched "
-                "ignoring case and spaces around them when none matches exactly)",
-            )
-        if value is None:
-            columns.append((name, None))
-            continue
-        target = _field_name(s, where, value, "a Marketo field name, or null to drop the column")
-        first = by_target.setdefault(target, name)
-        if first != name:
-            raise s.ctx.error(
-                where, f"{target!r} is already the field of {_item(s, 'columns', first)}: one field, one column"
-            )
-        columns.append((name, target))
-    return tuple(columns)
-
-
-def _constants(s: Section, columns: tuple[tuple[str, str | None], ...]) -> tuple[tuple[str, str], ...]:
-    """``constants``: Marketo field name → a scalar, sent as text in every record."""
-    targets = {target: name for name, target in columns if target is not None}
-    constants: list[tuple[str, str]] = []
-    for name, value in _mapping(s, "constants").items():
-        assert isinstance(name, str)  # _mapping checked
-        where = _item(s, "constants", name)
-        _field_name(s, where, name, "a Marketo field name")
-        if name in targets:
-            raise s.ctx.error(where, f"is also the field of {_item(s, 'columns', targets[name])}: one field, one value")
-        text = constant_text(value)
-        if text is None:
-            raise s.ctx.error(where, f"expected text, a number or true/false, got {describe(value)}")
-        if "\n" in text or "\r" in text:
-            raise s.ctx.error(where, "has a line break: a constant is one line of text")
-        constants.append((name, text))
-    return tuple(constants)
 
 
 def _marker(s: Section) -> str | None:
