@@ -191,6 +191,14 @@ def repack_workbook(source: BinaryIO, dest: Path, *, limits: UnpackLimits, shown
                     raise InputError(f"{shown}: the workbook is damaged ({exc})") from None
 
 
+def _size_of(source: BinaryIO) -> int:
+    """The archive's size (the original, or its decrypted copy in the work dir): zipfile seeks anyway."""
+    here = source.tell()
+    size = source.seek(0, os.SEEK_END)
+    source.seek(here)
+    return size
+
+
 def extract_members(
     source: BinaryIO, archive_relpath: str, dest: Path, *, limits: UnpackLimits, shown: str
 ) -> list[NewMember]:
@@ -208,7 +216,8 @@ def extract_members(
                 f"{shown}: holds {len(files):,} files, more than {limits.max_archive_members:,} "
                 "(max_archive_members): send fewer files per archive"
             )
-        whole = unpacking.Bound(limits.max_archive_bytes, "max_archive_bytes")
+        archive_size = _size_of(source)
+        whole = unpacking.archive_bound(archive_size, limits)
         if sum(info.file_size for info in files) > whole.limit:  # what it says: refused before a byte is read
             raise InputError(unpacking.too_big(shown, whole, limits))
         # orig_filename: zipfile cuts a name at its first NUL (``filename``); the partner's full name is refused.
@@ -230,7 +239,9 @@ def extract_members(
             if error is not None:
                 members.append(NewMember(relpath, path, info.file_size, error, own_status=verdict.relpath is not None))
                 continue
-            bound = unpacking.expansion_bound(info.compress_size, limits, room=whole.limit - total)
+            # A directory entry may lie about the compressed size: never more than the archive itself.
+            room = unpacking.Bound(whole.limit - total, whole.key)
+            bound = unpacking.expansion_bound(min(info.compress_size, archive_size), limits, room=room)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -238,8 +249,8 @@ def extract_members(
             except (MemberTooBigError, DamagedMemberError) as exc:
                 path.unlink()
                 big = isinstance(exc, MemberTooBigError)
-                if big and bound.key == "max_archive_bytes":
-                    raise InputError(unpacking.too_big(shown, bound, limits)) from None
+                if big and bound.limit == room.limit and bound.key == room.key:  # the archive's bound, not the member's
+                    raise InputError(unpacking.too_big(shown, whole, limits)) from None
                 why = (
                     unpacking.too_big(printable(relpath), bound, limits) if big
                     else f"{printable(relpath)}: cannot be read from the archive: it is damaged ({exc})"

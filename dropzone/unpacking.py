@@ -130,15 +130,26 @@ class Bound:
     key: str  # max_expanded_bytes, max_compression_ratio or max_archive_bytes
 
 
-def expansion_bound(compressed: int, limits: UnpackLimits, *, room: int | None = None) -> Bound:
+def expansion_bound(compressed: int, limits: UnpackLimits, *, room: Bound | None = None) -> Bound:
     """The bound on a file decoded from ``compressed`` bytes; ``room``: what its archive has left."""
     candidates = [
         Bound(limits.max_expanded_bytes, "max_expanded_bytes"),
         Bound(max(D.RATIO_GRACE_BYTES, compressed * limits.max_compression_ratio), "max_compression_ratio"),
     ]
     if room is not None:
-        candidates.append(Bound(max(room, 0), "max_archive_bytes"))
+        candidates.append(Bound(max(room.limit, 0), room.key))
     return min(candidates, key=lambda b: b.limit)
+
+
+def archive_bound(archive_size: int, limits: UnpackLimits) -> Bound:
+    """What all of an archive's files may grow to together: ``max_archive_bytes``, and the ratio against the
+    archive's own size. Per member alone, a thousand members each within the ratio's grace, or a member whose
+    directory entry lies about its compressed size, would let a small zip fill the disk."""
+    return min(
+        Bound(limits.max_archive_bytes, "max_archive_bytes"),
+        Bound(max(D.RATIO_GRACE_BYTES, archive_size * limits.max_compression_ratio), "max_compression_ratio"),
+        key=lambda b: b.limit,
+    )
 
 
 def too_big(shown: str, bound: Bound, limits: UnpackLimits) -> str:
@@ -261,6 +272,7 @@ __all__ = [
     "Entry",
     "MemberVerdict",
     "Plan",
+    "archive_bound",
     "archive_outcome",
     "check",
     "escaped",

@@ -63,6 +63,23 @@ CSV = b"email\na@example.com\n"
 
 
 class TestExtract:
+    def test_many_members_each_within_the_grace_are_bound_by_the_archives_ratio(self, tmp_path):
+        """Each member alone may compress 1 MiB to almost nothing; a thousand of them must not fill the disk:
+        the whole archive may grow max_compression_ratio times its own size (after one grace)."""
+        row = b"email\n" + b"a@example.com\n" * 70_000  # ~1 MB, compresses ~1000:1
+        data = make_zip([(f"m{i:03d}.csv", row) for i in range(40)])
+        with pytest.raises(InputError, match="max_compression_ratio"):
+            extract(data, tmp_path / "m")
+        assert not any((tmp_path / "m").iterdir())
+
+    def test_a_directory_entry_that_lies_about_its_compressed_size_lifts_no_bound(self, tmp_path):
+        body = b"email\n" + b"a@example.com\n" * 200_000  # 2.8 MB in a few kB
+        data = bytearray(make_zip([("lie.csv", body)]))
+        central = data.rfind(b"PK\x01\x02")
+        data[central + 20 : central + 24] = (len(data) * 1000).to_bytes(4, "little")  # compress_size: a lie
+        with pytest.raises(InputError, match="max_compression_ratio"):
+            extract(bytes(data), tmp_path / "m")
+
     def test_members_in_nested_folders_keep_their_names_under_the_archives_folder(self, tmp_path):
         data = make_zip([("a.csv", CSV), ("sub/", b""), ("sub/deeper/b.tsv", b"email\tx\n"), ("c.xlsx", b"PK")])
         found = extract(data, tmp_path / "m")

@@ -131,7 +131,20 @@ class TestBounds:
         ],
     )
     def test_the_tightest_bound_wins(self, compressed, room, limit, key):
-        bound = unpacking.expansion_bound(compressed, LIMITS, room=room)
+        left = None if room is None else unpacking.Bound(room, "max_archive_bytes")
+        bound = unpacking.expansion_bound(compressed, LIMITS, room=left)
+        assert (bound.limit, bound.key) == (limit, key)
+
+    @pytest.mark.parametrize(
+        ("archive", "limit", "key"),
+        [
+            (1_000, 1 << 20, "max_compression_ratio"),  # one grace for the whole archive, not one per member
+            (100_000, 10_000_000, "max_compression_ratio"),
+            (1_000_000, 30_000_000, "max_archive_bytes"),
+        ],
+    )
+    def test_an_archive_is_bound_by_its_own_size_too(self, archive, limit, key):
+        bound = unpacking.archive_bound(archive, LIMITS)
         assert (bound.limit, bound.key) == (limit, key)
 
     @pytest.mark.parametrize(
