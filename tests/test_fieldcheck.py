@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import pytest
 
 from dropzone import fieldcheck
@@ -146,3 +148,20 @@ def test_check_header_runs_the_preflight_step_last_and_notes_the_respelling() ->
 def test_check_header_without_a_schema_checks_no_names() -> None:
     plan = check_header("f.csv", route("*.csv"), ["anything", "goes"], [], described(None, "f.csv"))
     assert plan.names == ("anything", "goes")
+
+
+def test_a_header_of_many_unknown_columns_costs_a_few_suggestions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Suggestions scan every field: only the columns the message lists get one (attack review: 100,000
+    near-miss names held the loop for minutes)."""
+    asked: list[str] = []
+    real = difflib.get_close_matches
+
+    def counting(word: str, *args: object, **kwargs: object) -> list[str]:
+        asked.append(word)
+        return real(word, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(difflib, "get_close_matches", counting)
+    names = ["email", *(f"firstNme{i}" for i in range(5_000))]
+    with pytest.raises(UnknownFieldError, match="And 4990 more"):
+        fieldcheck.check(LEAD, route("*.csv").target(), names, shown="f.csv")
+    assert len(asked) == 10
