@@ -15,19 +15,21 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import shutil
 import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, Protocol
 
 from dropzone import defaults as D
 from dropzone import unpacking
 from dropzone.errors import InputError
 from dropzone.journal_schema import NewMember
 from dropzone.outbox import printable
+from dropzone.sheetrange import RangeMeter
 from dropzone.unpack_config import UnpackLimits
 
 #: Bytes read or written at a time.
@@ -125,7 +127,13 @@ def method_problem(info: zipfile.ZipInfo) -> str | None:
     return f"compression method {info.compress_type} is not read (only {' and '.join(ZIP_METHODS.values())})"
 
 
-def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: IO[bytes], *, limit: int) -> int:
+class Sink(Protocol):
+    """Where ``copy_member`` writes: a file, a zip part, or a part measured on its way (``_Metered``)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: Sink, *, limit: int) -> int:
     """Stream one member into ``out``; its size. ``MemberTooBigError`` past ``limit``; ``DamagedMemberError``.
 
     zipfile stops at the size the entry declares and checks the CRC there, so a member that lies about its
@@ -174,9 +182,10 @@ def repack_workbook(source: BinaryIO, dest: Path, *, limits: UnpackLimits, shown
                     raise InputError(f"{shown}: is not a readable .xlsx workbook ({problem})")
                 bound = unpacking.expansion_bound(info.compress_size, limits)
                 limit = min(bound.limit, budget - total)
+                meter = RangeMeter() if _WORKSHEET.match(info.filename) else None
                 try:
                     with out.open(zipfile.ZipInfo(info.filename), "w", force_zip64=True) as part:
-                        total += copy_member(book, info, part, limit=limit)
+                        total += copy_member(book, info, _Metered(part, meter), limit=limit)
                 except MemberTooBigError:
                     if limit == bound.limit:
                         raise InputError(unpacking.too_big(shown, bound, limits)) from None
@@ -189,6 +198,24 @@ def repack_workbook(source: BinaryIO, dest: Path, *, limits: UnpackLimits, shown
                     ) from None
                 except DamagedMemberError as exc:
                     raise InputError(f"{shown}: the workbook is damaged ({exc})") from None
+                problem = meter.problem(shown, info.filename) if meter is not None else None
+                if problem is not None:
+                    raise InputError(problem)
+
+
+_WORKSHEET = re.compile(r"xl/worksheets/[^/]+\.xml\Z", re.IGNORECASE)
+
+
+class _Metered:
+    """A worksheet part on its way into the repacked workbook, measured as it goes (``sheetrange``)."""
+
+    def __init__(self, out: IO[bytes], meter: RangeMeter | None) -> None:
+        self.out, self.meter = out, meter
+
+    def write(self, data: bytes) -> int:
+        if self.meter is not None:
+            self.meter.feed(data)
+        return self.out.write(data)
 
 
 def _size_of(source: BinaryIO) -> int:

@@ -121,6 +121,9 @@ MAX_COMPRESSION_RATIO: Final = 100
 RATIO_GRACE_BYTES: Final = 1 << 20
 """The ratio applies beyond this much output: a small file of repeated values compresses far better
 than 100:1 and is no bomb."""
+MAX_SHEET_CELLS: Final = 10_000_000
+"""Most cells a worksheet's used rectangle may span (first used cell to last): calamine holds it whole, about
+32 bytes a cell, so some 320 MB at most; 200,000 rows of 50 columns pass."""
 MAX_WORKBOOK_BYTES: Final = 256 << 20
 """Largest an .xlsx's parts may grow, expanded: the reader holds a whole sheet in memory."""
 DECRYPT_DEADLINE_S: Final = 240.0

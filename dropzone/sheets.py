@@ -71,6 +71,17 @@ def to_csv(workbook: Path, dest: Path, *, sheet: str | None, limit: int, overflo
         InputError: no such sheet, an unreadable workbook, an empty sheet, or more than ``limit`` bytes of CSV.
     """
     try:
+        return _to_csv(workbook, dest, sheet=sheet, limit=limit, overflow=overflow, shown=shown)
+    except BaseException as exc:
+        # A panic in the reader (Rust) comes up as pyo3's PanicException, a BaseException: the workbook's
+        # problem, never the daemon's (uncaught, it would stop the daemon, and again on every restart).
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise InputError(f"{shown}: cannot be read as an .xlsx workbook (the reader failed on it)") from None
+
+
+def _to_csv(workbook: Path, dest: Path, *, sheet: str | None, limit: int, overflow: str, shown: str) -> list[str]:
+    try:
         book = python_calamine.CalamineWorkbook.from_path(str(workbook))
     except python_calamine.CalamineError as exc:
         raise InputError(f"{shown}: cannot be read as an .xlsx workbook ({exc})") from None

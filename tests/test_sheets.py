@@ -13,6 +13,7 @@ import pytest
 
 from dropzone import decoders, sheets
 from dropzone.errors import InputError
+from dropzone.sheetrange import RangeMeter
 from dropzone.unpack_config import UnpackLimits
 from dropzone.unpacker import Unpacker
 
@@ -166,3 +167,32 @@ def test_repack_copies_each_part_as_stored(tmp_path):
         assert all(i.compress_type == zipfile.ZIP_STORED for i in out.infolist())
         assert all(out.read(n) == original.read(n) for n in out.namelist())
 
+
+
+class TestUsedRange:
+    """calamine holds a sheet as one dense rectangle: a stray far cell must be refused before it reads."""
+
+    def test_a_stray_far_cell_is_refused_before_the_reader_allocates_it(self, tmp_path):
+        book = openpyxl.Workbook()
+        book.active["A1"] = "email"
+        book.active["A2"] = "ann@example.com"
+        book.active["XFD100000"] = "x"  # 16,384 x 100,000 cells: ~50 GB to calamine, which aborts the process
+        book.save(tmp_path / "sparse.xlsx")
+        with pytest.raises(InputError, match=r"spans 100,000 rows by 16,384 columns"):
+            convert(tmp_path / "sparse.xlsx", tmp_path / "w")
+
+    @pytest.mark.parametrize(
+        ("xml", "cells"),
+        [
+            (b'<row r="1"><c r="A1"/><c r="C1"/></row><row r="4"><c r="B4"/></row>', 12),
+            (b'<row r="2"><c/><c/><c/></row><row><c/></row>', 6),  # positions left out: next column, next row
+            (b"", 0),
+        ],
+    )
+    def test_the_meter_measures_the_rectangle_fed_in_pieces(self, xml, cells):
+        meter = RangeMeter()
+        data = b'<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>'
+        data += xml + b"</sheetData></worksheet>"
+        for i in range(0, len(data), 7):
+            meter.feed(data[i : i + 7])
+        assert meter.cells == cells
