@@ -127,7 +127,12 @@ MAX_SHEET_CELLS: Final = 10_000_000
 MAX_WORKBOOK_BYTES: Final = 256 << 20
 """Largest an .xlsx's parts may grow, expanded: the reader holds a whole sheet in memory."""
 DECRYPT_DEADLINE_S: Final = 240.0
-"""Wall-clock bound on one gpg run (inside the 300 s watchdog): a stuck agent must not hold the loop."""
+"""Wall-clock bound on one gpg run (inside the 300 s watchdog) that keeps producing plaintext."""
+DECRYPT_STALL_S: Final = 15.0
+"""gpg killed when it has written no plaintext for this long (a stuck agent): the loop waits no longer."""
+DECRYPT_REST_S: Final = 60.0
+"""After a stalled gpg, decryption waits this long (its files stay claimed, others go on) before gpg is
+tried again, with its agent restarted: a stuck gpg never holds the loop pass after pass."""
 PGP_DIRNAME: Final = "pgp"
 """The private keyring's folder under ``state_dir`` (mode 0700), rebuilt from the key file at start and reload."""
 
@@ -195,6 +200,9 @@ a backlog of small files is split hundreds a second, so coalescing has them to m
 file still ends the pass."""
 PREPARES_MAX_PER_PASS: Final = 500
 """Most files split in one pass, however small."""
+PREPARE_RETRIES_PER_PASS: Final = 3
+"""Files a pass may keep for a retry (a disk, journal or gpg trouble) before it stops splitting: one such
+file never holds the others back, and a full disk costs a pass three attempts, not hundreds."""
 TRACKED_PER_INBOX: Final = 10_000
 """Candidates one inbox tracks between scans; beyond it, names wait for the next scan.
 Temporary names (which cannot become ready) have a cap of their own, so they never crowd out a real file."""

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,8 @@ class Keyring:
     passphrase: str | None = field(default=None, repr=False)
     _link_dir: Path | None = None
     _gpg: _Gpg | None = field(default=None, repr=False)
+    #: Monotonic time before which gpg is not run again: it stalled (DECRYPT_REST_S).
+    _resting_until: float = 0.0
 
     @classmethod
     def build(cls, settings: PgpSettings, parent: Path, *, source: str = "config") -> Keyring:
@@ -276,15 +279,35 @@ class Keyring:
             InputError: the partner's file cannot be decrypted (``dest`` is removed), or ``overflow()`` at the bound.
             DecryptUnavailableError: gpg or our key failed us; try again later.
         """
+        if time.monotonic() < self._resting_until:
+            raise DecryptUnavailableError(
+                f"gpg stalled on an earlier file; decryption is tried again in "
+                f"{self._resting_until - time.monotonic():.0f} s"
+            )
         gpg = self._require()
         sink = _Sink(dest, limit, gpg.kill)
         late = threading.Event()
+        stalled = threading.Event()
+        done = threading.Event()
 
-        def expire() -> None:
-            late.set()
-            gpg.kill()
+        def watch() -> None:
+            # Killed past the deadline, or as soon as it writes nothing for DECRYPT_STALL_S (a stuck agent).
+            started = last_at = time.monotonic()
+            last = 0
+            while not done.wait(min(1.0, D.DECRYPT_STALL_S / 4)):
+                now = time.monotonic()
+                if sink.written != last:
+                    last, last_at = sink.written, now
+                if now - last_at >= D.DECRYPT_STALL_S:
+                    stalled.set()
+                elif now - started >= D.DECRYPT_DEADLINE_S:
+                    late.set()
+                else:
+                    continue
+                gpg.kill()
+                return
 
-        timer = threading.Timer(D.DECRYPT_DEADLINE_S, expire)
+        timer = threading.Thread(target=watch, name="gpg-watch", daemon=True)
         ok = False
         try:
             gpg.on_data = sink
@@ -298,7 +321,7 @@ class Keyring:
             except ValueError:  # python-gnupg refuses a passphrase with a line break: checked at parse time
                 raise DecryptUnavailableError("the passphrase cannot be given to gpg") from None
             finally:
-                timer.cancel()
+                done.set()
                 timer.join()
                 gpg.on_data = None
                 sink.file.close()
@@ -306,6 +329,13 @@ class Keyring:
                 raise sink.error
             if sink.over:
                 raise InputError(overflow())
+            if stalled.is_set():
+                self._resting_until = time.monotonic() + D.DECRYPT_REST_S
+                _kill_agent(self.gpg_home)
+                raise DecryptUnavailableError(
+                    f"gpg wrote nothing for {D.DECRYPT_STALL_S:.0f} s and was stopped (a stuck gpg-agent?); "
+                    f"tried again in {D.DECRYPT_REST_S:.0f} s"
+                )
             if late.is_set():
                 raise InputError(
                     f"{shown}: decryption took longer than {D.DECRYPT_DEADLINE_S:.0f} s; send it in smaller files"

@@ -202,10 +202,13 @@ class Prepare:
         started = skipped = 0
         looked: set[int] = set()
         until = time.monotonic() + D.PREPARE_PASS_S
-        retrying = False  # a file kept for a retry (a disk or journal error): the next pass, not the next file
+        # Files kept for a retry (a disk, journal or gpg trouble): the next file is tried, but a few in a row
+        # mean the trouble is not the file's: the rest wait for the next pass.
+        retries = 0
 
         def enough() -> bool:
-            return retrying or started >= D.PREPARES_MAX_PER_PASS or (started > 0 and time.monotonic() >= until)
+            return (retries >= D.PREPARE_RETRIES_PER_PASS or started >= D.PREPARES_MAX_PER_PASS
+                    or (started > 0 and time.monotonic() >= until))
 
         while not enough():
             rows = self.store.files([FileState.CLAIMED], first=window)
@@ -226,7 +229,7 @@ class Prepare:
                     self.heartbeat()
                     moved = self._prepare_one(row, now, gated)
                     busy |= moved
-                    retrying = not moved
+                    retries += not moved
             if len(rows) < window:
                 break
             window *= 2

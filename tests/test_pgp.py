@@ -218,3 +218,33 @@ class TestDecrypt:
             ring.close()
         assert any("--decrypt" in args for args in seen), "gpg was running"
         assert not any(PASSPHRASE in args for args in seen)
+
+
+def test_a_stuck_gpg_is_stopped_soon_and_rests_without_holding_the_loop(pgp_keys, tmp_path, monkeypatch):
+    """A gpg that writes nothing (a stuck agent) is killed after DECRYPT_STALL_S, reported as ours (the file
+    stays claimed, never Rejected), and gpg rests DECRYPT_REST_S: the next file fails at once, not after
+    another stall (attack review: the loop waited the whole 240 s deadline per file)."""
+    fake, stuck = tmp_path / "bin", tmp_path / "stuck"
+    fake.mkdir()
+    (fake / "gpg").write_text(
+        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = --decrypt ] && [ -e {stuck} ] && exec sleep 600; done\n'
+        'exec /usr/bin/gpg "$@"\n'
+    )
+    (fake / "gpg").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setattr(pgp.D, "DECRYPT_STALL_S", 0.5)
+    ring = Keyring.build(PgpSettings(private_key_file=pgp_keys.secret_key("ours", tmp_path / "ours.key")),
+                         tmp_path / "kr")
+    try:
+        stuck.touch()
+        started = time.monotonic()
+        with pytest.raises(DecryptUnavailableError, match="wrote nothing"):
+            decrypt(ring, pgp_keys.encrypt(DATA), tmp_path / "out1")
+        assert time.monotonic() - started < 10
+        started = time.monotonic()
+        with pytest.raises(DecryptUnavailableError, match="tried again in"):
+            decrypt(ring, pgp_keys.encrypt(DATA), tmp_path / "out2")
+        assert time.monotonic() - started < 1
+        assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+    finally:
+        ring.close()
