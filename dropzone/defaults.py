@@ -200,6 +200,9 @@ a backlog of small files is split hundreds a second, so coalescing has them to m
 file still ends the pass."""
 PREPARES_MAX_PER_PASS: Final = 500
 """Most files split in one pass, however small."""
+PREPARE_CRASHES: Final = 3
+"""Times the daemon may die while preparing one file before that file is Rejected rather than tried again
+(``crashguard``): a reader crash on one partner's file never becomes a crash loop."""
 PREPARE_RETRIES_PER_PASS: Final = 3
 """Files a pass may keep for a retry (a disk, journal or gpg trouble) before it stops splitting: one such
 file never holds the others back, and a full disk costs a pass three attempts, not hundreds."""

@@ -41,6 +41,7 @@ import structlog
 from dropzone import defaults as D
 from dropzone import fieldcheck, health, mapping, outbox, routing, safefs, splitting, unpacking
 from dropzone.config import Inbox, Route
+from dropzone.crashguard import CrashGuard
 from dropzone.describe import Schema
 from dropzone.errors import DecryptUnavailableError, InputError, StoreError, UnknownFieldError
 from dropzone.gate import Gate, Preflight
@@ -190,6 +191,11 @@ class Prepare:
     _rechecked: set[int] = field(default_factory=set)
     #: Files the last pass skipped over for the pre-flight: the next pass starts by looking that much further.
     _skipped: int = 0
+    #: Which file is being prepared, should the process die on it (``crashguard``); set by ``__post_init__``.
+    _guard: CrashGuard = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._guard = CrashGuard(self.state_dir)
 
     def run_once(self, now: float) -> bool:
         """Split up to a few claimed files; True when one moved on."""
@@ -261,6 +267,19 @@ class Prepare:
         return now >= growing.since + (inbox.quiet_period if inbox else 0.0)
 
     def _prepare_one(self, row: FileRow, now: float, gated: tuple[Route, Gate] | None = None) -> bool:
+        poison = self._guard.poison(row.id)
+        if poison is not None:
+            log.error("file_rejected_after_crashes", reason=poison)
+            self._reject(row, f"{outbox.printable(row.relpath)}: {poison}", None)
+            self._guard.end(row.id)
+            return True
+        self._guard.begin(row.id)
+        try:
+            return self._prepare_guarded(row, now, gated)
+        finally:
+            self._guard.end(row.id)
+
+    def _prepare_guarded(self, row: FileRow, now: float, gated: tuple[Route, Gate] | None) -> bool:
         try:
             self._split(row, gated[1] if gated is not None else None)
         except _StillWrittenError as exc:
