@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -60,6 +61,15 @@ class _Gpg(gnupg.GPG):  # type: ignore[misc]  # python-gnupg ships no type hints
         self.process = super()._open_subprocess(args, passphrase)
         return self.process
 
+    def _handle_io(self, args: Any, fileobj_or_path: Any, result: Any, passphrase: Any = None,
+                   binary: bool = False) -> Any:
+        try:
+            return super()._handle_io(args, fileobj_or_path, result, passphrase, binary)
+        except BrokenPipeError:
+            # gpg stopped reading its input (it refused the data part-way, or was stopped at the bound): its
+            # output was collected all the same, and says why; a closed pipe is no disk trouble of ours.
+            return result
+
     def kill(self) -> None:
         if self.process is not None:
             with contextlib.suppress(OSError):
@@ -88,6 +98,15 @@ def status_lines(stderr: str) -> list[tuple[str, str]]:
     return found
 
 
+#: gpg's own words for a failing agent, at the start of its message: anywhere else in a line, "agent" may be a
+#: partner's text gpg echoes (a signer's ``issuer "x@agentur.de"``, a key server's name).
+_AGENT_TROUBLE = re.compile(
+    r"(can't connect to the agent|problem with the agent|failed to start (the )?(gpg-)?agent|no gpg-agent running"
+    r"|gpg-agent is not available|error running '[^']*gpg-agent'|agent_\w+ failed)",
+    re.IGNORECASE,
+)
+
+
 def verdict(stderr: str, *, shown: str, ours: str) -> Verdict:
     """Read a ``gpg --decrypt`` run from its stderr (status lines and messages). Pure.
 
@@ -101,7 +120,7 @@ def verdict(stderr: str, *, shown: str, ours: str) -> Verdict:
     for keyword, rest in status:
         seen.setdefault(keyword, rest)
     messages = [line[5:].strip() for line in stderr.splitlines() if line.startswith("gpg: ")]
-    if any("agent" in m.lower() for m in messages):
+    if any(_AGENT_TROUBLE.match(m) for m in messages):
         return Verdict(ours=f"gpg could not use its agent ({'; '.join(messages)})")
     if "NEED_PASSPHRASE_SYM" in seen:
         return Verdict(
@@ -340,6 +359,9 @@ class Keyring:
                 raise InputError(
                     f"{shown}: decryption took longer than {D.DECRYPT_DEADLINE_S:.0f} s; send it in smaller files"
                 )
+            died = gpg.process.returncode if gpg.process is not None else None
+            if died is not None and died < 0 and not (sink.over or late.is_set() or stalled.is_set()):
+                raise DecryptUnavailableError(f"gpg was killed by signal {-died} while decrypting; tried again")
             found = verdict(result.stderr, shown=shown, ours=self.fingerprint)
             if found.ours is not None:
                 raise DecryptUnavailableError(found.ours)

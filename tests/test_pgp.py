@@ -21,6 +21,7 @@ from tests.pgp_keys import PASSPHRASE, Keys
 pgp_keys = keys_module.pgp_keys  # the session's keys (a fixture)
 
 DATA = b"email,firstName\n" + b"".join(b"u%d@example.com,N%d\n" % (i, i) for i in range(1000))
+BIG = os.urandom(3 << 20).hex().encode()  # incompressible: its ciphertext is megabytes too
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,9 @@ class TestVerdict:
             ("[GNUPG:] ERROR pkdecrypt_failed 67108875\n[GNUPG:] DECRYPTION_FAILED\n", None, "passphrase", None),
             ("[GNUPG:] NEED_PASSPHRASE 062E CC35 18 0\n", None, "passphrase", None),
             ("gpg: can't connect to the agent: IPC connect call failed\n", None, "agent", None),
+            # "agent" in text the partner controls (a signer's issuer, a key server) is no agent trouble of ours.
+            (OK + 'gpg:                issuer "x@agentur.de"\n[GNUPG:] GOODSIG CC35 Prot <p@x>\n', None, None,
+             "signature is good"),
         ],
     )
     def test_table(self, stderr, error, ours, note):
@@ -169,6 +173,9 @@ class TestDecrypt:
             (lambda k: DATA, "no OpenPGP data"),
             (lambda k: b"", "no OpenPGP data"),
             (lambda k: k.symmetric(DATA), "encrypted with a password"),
+            # Larger than a pipe's buffer: gpg stops reading part-way; its verdict still comes through.
+            (lambda k: k.symmetric(BIG), "encrypted with a password"),
+            (lambda k: damaged(k.encrypt(BIG)), "damaged or was modified"),
             (lambda k: k.clearsign(b"email\na@x.com\n", "ours").replace(b"a@x.com", b"b@x.com"), "signature is BAD"),
         ],
     )
