@@ -147,8 +147,9 @@ def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: Sink, *, l
                 if produced > limit:
                     raise MemberTooBigError
                 out.write(block)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise DamagedMemberError(str(exc)) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        # NotImplementedError: zipfile refuses flag bits it does not support (patched data, strong encryption).
+        raise DamagedMemberError(str(exc) or type(exc).__name__) from None
     return produced
 
 

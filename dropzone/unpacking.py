@@ -37,7 +37,7 @@ from dropzone.config import Route
 from dropzone.errors import InputError
 from dropzone.jobs import Outcome
 from dropzone.kinds import SHEET_EXTENSION, FileFormat, Layer
-from dropzone.outbox import printable
+from dropzone.outbox import NAME_MAX, printable
 from dropzone.unpack_config import UnpackLimits
 
 SHEET_SUFFIX = f".{SHEET_EXTENSION}"
@@ -218,6 +218,9 @@ def name_problem(name: str) -> str | None:
         return "its name holds '..' (it would leave the archive's folder)"
     if any(part in ("", ".") for part in parts):
         return "its name holds an empty or '.' folder"
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in parts[:-1]):
+        # The leaf is shortened for its result files (outbox.fit_name); a folder cannot be.
+        return f"a folder in its name is longer than {NAME_MAX} bytes"
     return None
 
 
@@ -235,6 +238,8 @@ def member_verdict(entry: Entry, archive_relpath: str, duplicate: bool) -> Membe
         return MemberVerdict(None, f"{shown!r} in the archive: refused: the name appears more than once")
     folder, sep, _ = archive_relpath.rpartition("/")
     relpath = folder + sep + entry.name
+    if relpath == archive_relpath:  # its result files would take the archive's own names
+        return MemberVerdict(None, f"{shown!r} in the archive: refused: it has the archive's own name")
     kind = stat.S_IFMT(entry.mode)
     if stat.S_ISLNK(entry.mode):
         return MemberVerdict(relpath, f"{printable(relpath)}: refused: it is a symbolic link in the archive")

@@ -63,6 +63,14 @@ CSV = b"email\na@example.com\n"
 
 
 class TestExtract:
+    def test_a_member_with_flags_zipfile_cannot_read_is_that_members_problem(self, tmp_path):
+        data = bytearray(make_zip([("ok.csv", CSV), ("odd.csv", CSV)]))
+        for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the flag bits, local and central
+            at = data.rfind(signature)
+            data[at + offset] |= 0x20  # "compressed patched data": zipfile raises NotImplementedError
+        found = {m.relpath: m.error or "" for m in extract(bytes(data), tmp_path / "m")}
+        assert found["acme/ok.csv"] == "" and "damaged" in found["acme/odd.csv"]
+
     def test_many_members_each_within_the_grace_are_bound_by_the_archives_ratio(self, tmp_path):
         """Each member alone may compress 1 MiB to almost nothing; a thousand of them must not fill the disk:
         the whole archive may grow max_compression_ratio times its own size (after one grace)."""

@@ -178,6 +178,8 @@ class TestMembers:
             ("a\x7f.csv", "control character"),
             ("sub//a.csv", "empty or '.'"),
             ("./a.csv", "empty or '.'"),
+            ("d" * 256 + "/a.csv", "a folder in its name is longer than 255 bytes"),  # no outbox folder could hold it
+            ("a" * 300 + ".csv", None),  # a long leaf is shortened for its result files
         ],
     )
     def test_names(self, name, problem):
@@ -201,6 +203,7 @@ class TestMembers:
             (Entry("in.zip"), False, "acme/in.zip", "inside a zip is not unpacked", False),
             (Entry("a.csv.gz"), False, "acme/a.csv.gz", "inside a zip is not unpacked", False),
             (Entry("book.xlsx"), False, "acme/book.xlsx", None, False),
+            (Entry("batch.zip"), False, None, "the archive's own name", False),  # its statuses would be the zip's
         ],
     )
     def test_verdicts(self, entry, duplicate, relpath, error, skip):
