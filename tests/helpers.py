@@ -32,15 +32,19 @@ ROUTES = """
 """
 
 
-def make_config(
-    tmp_path: Path, base_url: str, *, extra: str = "", routes: str = ROUTES, resubmit_hold: float = 0.2
-) -> config_module.Config:
-    text = f"""
+def config_text(
+    tmp_path: Path, base_url: str, *, extra: str = "", routes: str = ROUTES, resubmit_hold: float = 0.2,
+    poll_interval: float = 0.5,
+) -> str:
+    """The tests' configuration (inbox, outbox, archive and state below ``tmp_path``), as YAML; folders made."""
+    for name in ("inbox", "outbox", "archive"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    return f"""
 marketo:
   endpoint: {base_url}
   client_id: {CLIENT_ID}
   client_secret: {CLIENT_SECRET}
-  poll_interval: 0.5
+  poll_interval: {poll_interval}
   max_retry_seconds: 5
   resubmit_hold: {resubmit_hold}
 state_dir: state
@@ -53,8 +57,12 @@ inboxes:
     scan_interval: 0.5
     routes:{routes}
 """
-    for name in ("inbox", "outbox", "archive"):
-        (tmp_path / name).mkdir(exist_ok=True)
+
+
+def make_config(
+    tmp_path: Path, base_url: str, *, extra: str = "", routes: str = ROUTES, resubmit_hold: float = 0.2
+) -> config_module.Config:
+    text = config_text(tmp_path, base_url, extra=extra, routes=routes, resubmit_hold=resubmit_hold)
     return config_module.parse(text, base_dir=tmp_path, environ={})
 
 

@@ -30,7 +30,7 @@ from dropzone.simulator import Simulator
 from dropzone.targets import ImportTarget
 from dropzone.targetwatch import TargetWatch
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, Daemons, wait_until
-from tests.helpers import archived, drop, run_until_idle, status_of
+from tests.helpers import archived, config_text, drop, run_until_idle, status_of
 
 LEADS_ROUTE = """
       - match: "leads_*.csv"
@@ -49,26 +49,8 @@ OTHER_ROUTES = """
 
 
 def write_config(tmp_path: Path, sim: Simulator, routes: str, *, extra: str = "") -> Path:
-    for name in ("inbox", "outbox", "archive"):
-        (tmp_path / name).mkdir(exist_ok=True)
     path = tmp_path / "dropzone.yaml"
-    path.write_text(f"""
-marketo:
-  endpoint: {sim.base_url}
-  client_id: {CLIENT_ID}
-  client_secret: {CLIENT_SECRET}
-  poll_interval: 0.2
-  max_retry_seconds: 5
-  resubmit_hold: 0.2
-state_dir: state
-inboxes:
-  - path: inbox
-    outbox: outbox
-    archive: archive
-    quiet_period: 0.2
-    scan_interval: 0.5
-    routes:{routes}
-{extra}""")
+    path.write_text(config_text(tmp_path, sim.base_url, routes=routes, extra=extra, poll_interval=0.2))
     return path
 
 
