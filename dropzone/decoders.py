@@ -147,7 +147,7 @@ def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: Sink, *, l
                 if produced > limit:
                     raise MemberTooBigError
                 out.write(block)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, UnicodeDecodeError) as exc:
         # NotImplementedError: zipfile refuses flag bits it does not support (patched data, strong encryption).
         raise DamagedMemberError(str(exc) or type(exc).__name__) from None
     return produced
@@ -204,7 +204,8 @@ def repack_workbook(source: BinaryIO, dest: Path, *, limits: UnpackLimits, shown
                     raise InputError(problem)
 
 
-_WORKSHEET = re.compile(r"xl/worksheets/[^/]+\.xml\Z", re.IGNORECASE)
+# Every XML part is measured: a workbook may keep its sheets anywhere its relationships point.
+_WORKSHEET = re.compile(r".*\.xml\Z", re.IGNORECASE)
 
 
 class _Metered:

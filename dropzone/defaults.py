@@ -130,6 +130,9 @@ DECRYPT_DEADLINE_S: Final = 240.0
 """Wall-clock bound on one gpg run (inside the 300 s watchdog) that keeps producing plaintext."""
 DECRYPT_STALL_S: Final = 15.0
 """gpg killed when it has written no plaintext for this long (a stuck agent): the loop waits no longer."""
+DECRYPT_STALLS_PER_FILE: Final = 3
+"""A file on which gpg stalled this many times (its agent restarted in between) is Rejected: gpg stalls on
+it, not on every file (a message with many bogus key packets for our key makes gpg try each, silently)."""
 DECRYPT_REST_S: Final = 60.0
 """After a stalled gpg, decryption waits this long (its files stay claimed, others go on) before gpg is
 tried again, with its agent restarted: a stuck gpg never holds the loop pass after pass."""
@@ -200,9 +203,10 @@ a backlog of small files is split hundreds a second, so coalescing has them to m
 file still ends the pass."""
 PREPARES_MAX_PER_PASS: Final = 500
 """Most files split in one pass, however small."""
-PREPARE_CRASHES: Final = 3
+PREPARE_CRASHES: Final = 2
 """Times the daemon may die while preparing one file before that file is Rejected rather than tried again
-(``crashguard``): a reader crash on one partner's file never becomes a crash loop."""
+(``crashguard``): a reader crash on one partner's file never becomes a crash loop. Two, so that two such
+files cost four restarts, under the systemd unit's StartLimitBurst of 5."""
 PREPARE_RETRIES_PER_PASS: Final = 3
 """Files a pass may keep for a retry (a disk, journal or gpg trouble) before it stops splitting: one such
 file never holds the others back, and a full disk costs a pass three attempts, not hundreds."""

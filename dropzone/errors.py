@@ -84,7 +84,15 @@ class StoreError(DropzoneError):
 
 
 class DecryptUnavailableError(DropzoneError):
-    """gpg, its agent or our private key failed (not the partner's file): the file stays claimed and is tried again."""
+    """gpg, its agent or our private key failed (not the partner's file): the file stays claimed and is tried again.
+
+    ``stalled``: gpg ran and wrote nothing for ``DECRYPT_STALL_S``: likely ours (a stuck agent), but a file
+    can cause it too (many bogus key packets for our key), so prepare counts these per file.
+    """
+
+    def __init__(self, message: str, *, stalled: bool = False) -> None:
+        super().__init__(message)
+        self.stalled = stalled
 
 
 class MarketoError(DropzoneError):

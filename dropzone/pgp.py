@@ -353,7 +353,8 @@ class Keyring:
                 _kill_agent(self.gpg_home)
                 raise DecryptUnavailableError(
                     f"gpg wrote nothing for {D.DECRYPT_STALL_S:.0f} s and was stopped (a stuck gpg-agent?); "
-                    f"tried again in {D.DECRYPT_REST_S:.0f} s"
+                    f"tried again in {D.DECRYPT_REST_S:.0f} s",
+                    stalled=True,
                 )
             if late.is_set():
                 raise InputError(

@@ -191,6 +191,8 @@ class Prepare:
     _rechecked: set[int] = field(default_factory=set)
     #: Files the last pass skipped over for the pre-flight: the next pass starts by looking that much further.
     _skipped: int = 0
+    #: Times gpg stalled on each file (``DECRYPT_STALLS_PER_FILE``).
+    _stalls: dict[int, int] = field(default_factory=dict)
     #: Which file is being prepared, should the process die on it (``crashguard``); set by ``__post_init__``.
     _guard: CrashGuard = field(init=False, repr=False)
 
@@ -302,7 +304,18 @@ class Prepare:
         except InputError as exc:
             log.info("file_rejected", reason=str(exc), line=exc.line)
             self._reject(row, str(exc), exc.line)
-        except (OSError, StoreError, DecryptUnavailableError, sqlite3.Error) as exc:
+        except DecryptUnavailableError as exc:
+            stalls = self._stalls[row.id] = self._stalls.get(row.id, 0) + exc.stalled
+            if stalls >= D.DECRYPT_STALLS_PER_FILE:
+                self._stalls.pop(row.id, None)
+                message = (f"{outbox.printable(row.relpath)}: gpg made no progress on this file {stalls} times "
+                           "(its agent restarted in between): it cannot be decrypted here")
+                log.info("file_rejected", reason=message)
+                self._reject(row, message, None)
+                return True
+            log.error("prepare_failed_will_retry", error=str(exc))
+            return False
+        except (OSError, StoreError, sqlite3.Error) as exc:
             # The work area or the journal failed us, not the partner: keep the
             # file claimed and try again; never reject good data for it.
             log.error("prepare_failed_will_retry", error=str(exc))

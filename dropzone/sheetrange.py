@@ -15,15 +15,21 @@ from xml.etree.ElementTree import Element, ParseError, XMLPullParser
 
 from dropzone import defaults as D
 
-_REF = re.compile(r"([A-Z]{1,3})?(\d{1,7})?\Z")
-_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+# As generous as any reader: letters in either case, any number of digits (leading zeros too). A reference
+# read more strictly than calamine reads it would let a far cell through unmeasured.
+_REF = re.compile(r"\$?([A-Za-z]+)?\$?(\d+)?\Z")
 
 
 def _column(letters: str) -> int:
     number = 0
-    for ch in letters:
+    for ch in letters.upper()[:8]:  # 8 letters already pass any sheet's width
         number = number * 26 + ord(ch) - 64
     return number
+
+
+def _local(tag: str) -> str:
+    """The element's name without its namespace: transitional and strict OOXML both (and none)."""
+    return tag.rpartition("}")[2]
 
 
 class RangeMeter:
@@ -46,21 +52,22 @@ class RangeMeter:
                 element = event[-1]
                 if not isinstance(element, Element):
                     continue
-                if element.tag == f"{_NS}row":
+                name = _local(element.tag)
+                if name == "row":
                     self._row = _number(element.get("r"), self._row + 1)
                     self._col = 0
-                elif element.tag == f"{_NS}c":
+                elif name == "c":
                     self._cell(element.get("r"))
                 element.clear()
         except ParseError:
-            self.broken = True  # calamine will say what is wrong with it
+            self.broken = True
 
     def _cell(self, ref: str | None) -> None:
         # Positions may be left out (the next cell, in the row's next column): counted as calamine counts them.
         found = _REF.match(ref or "")
         letters, digits = (found.group(1), found.group(2)) if found else (None, None)
         self._col = _column(letters) if letters else self._col + 1
-        row = int(digits) if digits else self._row
+        row = _big(digits) if digits else self._row
         for edge, value, low in (("top", row, True), ("bottom", row, False), ("left", self._col, True),
                                  ("right", self._col, False)):
             old = getattr(self, edge)
@@ -76,6 +83,9 @@ class RangeMeter:
 
     def problem(self, shown: str, part: str) -> str | None:
         """Why the sheet in ``part`` cannot be read, or None."""
+        if self.broken:
+            # The reader tolerates what expat refuses, so a part that cannot be measured is not read at all.
+            return f"{shown}: a part of the workbook ({part}) is not well-formed XML: save it again from Excel"
         if self.cells <= D.MAX_SHEET_CELLS:
             return None
         return (
@@ -86,7 +96,12 @@ class RangeMeter:
 
 
 def _number(text: str | None, default: int) -> int:
-    return int(text) if text is not None and text.isdigit() and len(text) <= 7 else default
+    return _big(text) if text is not None and text.isdigit() else default
+
+
+def _big(digits: str) -> int:
+    """A row number; past 12 digits, simply huge (``int`` of thousands of digits is refused, and slow)."""
+    return int(digits) if len(digits) <= 12 else 10**12
 
 
 __all__ = ["RangeMeter"]

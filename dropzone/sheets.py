@@ -72,6 +72,8 @@ def to_csv(workbook: Path, dest: Path, *, sheet: str | None, limit: int, overflo
     """
     try:
         return _to_csv(workbook, dest, sheet=sheet, limit=limit, overflow=overflow, shown=shown)
+    except (OverflowError, ValueError) as exc:
+        raise InputError(f"{shown}: a cell cannot be converted to text ({exc})") from None
     except BaseException as exc:
         # A panic in the reader (Rust) comes up as pyo3's PanicException, a BaseException: the workbook's
         # problem, never the daemon's (uncaught, it would stop the daemon, and again on every restart).

@@ -23,7 +23,7 @@ class TestGuard:
             guard = CrashGuard(tmp_path)
             assert guard.counts == {7: times}
             assert (guard.poison(7) is None) == (times < D.PREPARE_CRASHES)
-        assert "stopped 3 times while preparing this file" in (CrashGuard(tmp_path).poison(7) or "")
+        assert "stopped 2 times while preparing this file" in (CrashGuard(tmp_path).poison(7) or "")
 
     def test_a_file_prepared_to_the_end_is_forgotten(self, tmp_path):
         died_on(tmp_path, 7)
@@ -53,7 +53,7 @@ def test_the_daemon_rejects_a_file_it_died_on_too_often_and_goes_on(tmp_path, da
     drop(tmp_path, "leads_2.csv", "email\nb@example.com\n")
     run_until_idle(daemon)
     first = status_of(tmp_path, "leads_1.csv")
-    assert first["status"] == "Rejected" and "stopped 3 times while preparing" in first["error"]["message"]
+    assert first["status"] == "Rejected" and "stopped 2 times while preparing" in first["error"]["message"]
     assert status_of(tmp_path, "leads_2.csv")["status"] == "Complete"
     assert "leads_1.csv" in [p.name for p in archived(tmp_path)]  # the original kept
     assert json.loads((state / "work" / "crashes.json").read_text()) == {}

@@ -187,12 +187,17 @@ class TestUsedRange:
             (b'<row r="1"><c r="A1"/><c r="C1"/></row><row r="4"><c r="B4"/></row>', 12),
             (b'<row r="2"><c/><c/><c/></row><row><c/></row>', 6),  # positions left out: next column, next row
             (b"", 0),
+            # Read as generously as a reader would: lowercase, leading zeros, absolute, very long numbers.
+            (b'<row r="1"><c r="A1"/><c r="xfd00100000"/></row>', 16_384 * 100_000),
+            (b'<row r="1"><c r="$A$1"/><c r="B1000000000000001"/></row>', 2 * 10**12),
         ],
     )
-    def test_the_meter_measures_the_rectangle_fed_in_pieces(self, xml, cells):
+    @pytest.mark.parametrize(
+        "namespace", ["http://schemas.openxmlformats.org/spreadsheetml/2006/main", "http://purl.oclc.org/ooxml/spreadsheetml/main"]
+    )
+    def test_the_meter_measures_the_rectangle_fed_in_pieces(self, xml, cells, namespace):
         meter = RangeMeter()
-        data = b'<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>'
-        data += xml + b"</sheetData></worksheet>"
+        data = f'<worksheet xmlns="{namespace}"><sheetData>'.encode() + xml + b"</sheetData></worksheet>"
         for i in range(0, len(data), 7):
             meter.feed(data[i : i + 7])
         assert meter.cells == cells

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
+import os
 import random
 import zipfile
 
 import openpyxl
 import pytest
 
+from dropzone import defaults as D
 from tests import pgp_keys as keys_module
 from tests.helpers import ROUTES, archived, daemons, drop, make_config, run_until_idle, status_of
 
@@ -270,3 +272,29 @@ class TestZip:
         assert status_of(tmp_path, "batch.zip")["status"] == "Complete"
         assert sorted(r["row"]["email"] for r in simulator.imported_rows()) == [f"u{i}@example.com" for i in range(4)]
         assert work_area(tmp_path) == []
+
+
+def test_a_file_gpg_keeps_stalling_on_is_rejected_and_others_go_on(tmp_path, simulator, daemon_factory, pgp_keys,
+                                                                   monkeypatch):
+    """gpg that writes nothing on one file (many bogus key packets for our key make it try each, silently) is
+    ours at first, then the file's: after DECRYPT_STALLS_PER_FILE stalls, with the agent restarted between
+    them, the file is Rejected; a plain file dropped beside it is imported meanwhile."""
+    fake, stuck = tmp_path / "bin", tmp_path / "stuck"
+    fake.mkdir()
+    (fake / "gpg").write_text(  # stuck once the keyring is built (building it decrypts a probe)
+        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = --decrypt ] && [ -e {stuck} ] && exec sleep 600; done\n'
+        'exec /usr/bin/gpg "$@"\n'
+    )
+    (fake / "gpg").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setattr(D, "DECRYPT_STALL_S", 0.3)
+    monkeypatch.setattr(D, "DECRYPT_REST_S", 0.1)
+    pgp_keys.secret_key("ours", tmp_path / "ours.key")
+    daemon = daemon_factory(extra="pgp:\n  private_key_file: ours.key")
+    stuck.touch()
+    drop(tmp_path, "leads_s.csv.pgp", pgp_keys.encrypt(leads(2)))
+    drop(tmp_path, "leads_plain.csv", leads(1, start=50))
+    run_until_idle(daemon)
+    stuck = status_of(tmp_path, "leads_s.csv.pgp")
+    assert stuck["status"] == "Rejected" and "gpg made no progress on this file 3 times" in stuck["error"]["message"]
+    assert status_of(tmp_path, "leads_plain.csv")["status"] == "Complete"
