@@ -380,33 +380,19 @@ class Prepare:
             # A rename alone: only the header changes, the records are copied as they are.
             return plan if plan.rewrites_records else list(plan.names)
 
-        growing = self._growing.get(row.id)
-        expected = (growing.size, growing.mtime_ns) if growing else (row.size, None)
-        with self._open_original(row) as source, contextlib.ExitStack() as decoded:
-            before = os.fstat(source.fileno())
-            if before.st_size != expected[0] or expected[1] not in (None, before.st_mtime_ns):
-                raise _StillWrittenError(before.st_size, before.st_mtime_ns)
-            try:
-                # What the original's layers hold (``unpacker``), or the original itself.
-                data = decoded.enter_context(self.unpacker.plaintext(source, plan, work, notes=notes,
-                                                                     sheet=match.route.sheet))
-                result = splitting.split(
-                    data,
-                    open_chunk,
-                    fmt=match.format,
-                    max_bytes=self.split_max_bytes,
-                    encoding=match.route.encoding,
-                    header_check=header_check,
-                    line_map=save_line_map,
-                )
-            finally:
-                # Also when the split refused it: a half-written last record is no reason to reject.
-                after = os.fstat(source.fileno())
-                # ctime too: a writer can put the mtime back (utime, sftp's fsetstat), never the ctime.
-                if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-                    before.st_size, before.st_mtime_ns, before.st_ctime_ns
-                ):
-                    raise _StillWrittenError(after.st_size, after.st_mtime_ns)
+        with self._unchanged_original(row) as source, contextlib.ExitStack() as decoded:
+            # What the original's layers hold (``unpacker``), or the original itself.
+            data = decoded.enter_context(self.unpacker.plaintext(source, plan, work, notes=notes,
+                                                                 sheet=match.route.sheet))
+            result = splitting.split(
+                data,
+                open_chunk,
+                fmt=match.format,
+                max_bytes=self.split_max_bytes,
+                encoding=match.route.encoding,
+                header_check=header_check,
+                line_map=save_line_map,
+            )
         reverse = plans[0].reverse() if plans else None
         if reverse:
             # With the chunks, not the configuration: a reload before the report must not change it.
@@ -449,6 +435,16 @@ class Prepare:
         shutil.rmtree(work, ignore_errors=True)  # a crash mid-unpack: it is simply done again
         work.mkdir(parents=True)
         notes: list[str] = []
+        with self._unchanged_original(row) as source:
+            members = self.unpacker.unpack(source, plan, work, notes=notes)
+        self._growing.pop(row.id, None)
+        self.store.record_unpack(row.id, members, notes=notes)
+        log.info("archive_unpacked", members=len(members), refused=sum(1 for m in members if m.error))
+
+    @contextlib.contextmanager
+    def _unchanged_original(self, row: FileRow) -> Iterator[BinaryIO]:
+        """The claimed original, as long as it is what the claim (or the last change seen) saw; raises
+        ``_StillWrittenError`` if it differs on opening, or changed while it was read."""
         growing = self._growing.get(row.id)
         expected = (growing.size, growing.mtime_ns) if growing else (row.size, None)
         with self._open_original(row) as source:
@@ -456,16 +452,15 @@ class Prepare:
             if before.st_size != expected[0] or expected[1] not in (None, before.st_mtime_ns):
                 raise _StillWrittenError(before.st_size, before.st_mtime_ns)
             try:
-                members = self.unpacker.unpack(source, plan, work, notes=notes)
+                yield source
             finally:
-                after = os.fstat(source.fileno())  # as in _split: still being written is no reason to reject
+                # Also when reading refused it: a half-written last record is no reason to reject.
+                after = os.fstat(source.fileno())
+                # ctime too: a writer can put the mtime back (utime, sftp's fsetstat), never the ctime.
                 if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
                     before.st_size, before.st_mtime_ns, before.st_ctime_ns
                 ):
                     raise _StillWrittenError(after.st_size, after.st_mtime_ns)
-        self._growing.pop(row.id, None)
-        self.store.record_unpack(row.id, members, notes=notes)
-        log.info("archive_unpacked", members=len(members), refused=sum(1 for m in members if m.error))
 
     @contextlib.contextmanager
     def _open_original(self, row: FileRow) -> Iterator[BinaryIO]:
